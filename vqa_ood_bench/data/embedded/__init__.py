@@ -1,0 +1,1 @@
+"""The embedded suite: easy-VQA (shipped in the ``easy-vqa`` package) plus derived OOD splits."""

@@ -1,0 +1,1 @@
+"""Registers the embedded suite's splits as datasets (filled in by the embedded builder)."""
