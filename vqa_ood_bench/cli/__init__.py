@@ -18,8 +18,24 @@ for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages replace the libraries' (weights loading bars etc.)."""
+    import warnings
+
+    # transformers' Trainer calls its own deprecated helpers; the warnings are not the user's to act on
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, print user errors on one line (exit 2), never a traceback."""
+    _quiet_libraries()
     try:
         rv = app(args=argv, standalone_mode=False)
     except BenchError as exc:

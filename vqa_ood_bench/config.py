@@ -1,0 +1,77 @@
+"""Run configuration (pydantic): recorded in full in every results file, YAML/JSON in and out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    eval_steps: int = Field(0, ge=0)  # validation every N optimizer steps (0: only at the end)
+    validation_size: int = Field(300, ge=0)
+    save_steps: int = Field(0, ge=0)  # checkpoint every N steps for resume (0: none)
+
+
+class RunConfig(BaseModel):
+    """Everything that determines a run's numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "vanilla"
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    adapter: Literal["lora", "full"] = "lora"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    model: str = "tiny"
+    model_revision: Optional[str] = None
+    suite: str = "embedded"
+    data_root: Optional[str] = None
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Optional[str] = None  # None: cuda if available, else cpu
+    prompt: str = "answer en {question}"
+    eval_batch_size: int = Field(128, ge=1)
+    max_new_tokens: int = Field(4, ge=1)
+    num_beams: int = Field(1, ge=1)
+    scoring_variant: str = "official"
+    limit: Optional[int] = Field(None, ge=1)  # cap records per split (smoke runs)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML/JSON: {str(exc).splitlines()[0]}") from None
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {loc}: {err['msg']}") from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,100 @@
+"""The method interface: what a fine-tuning method decides, and the registry of methods.
+
+A method prepares the model (adapter or full, what is frozen), may hand the training loop its
+own optimizer and per-step hooks, and may transform the weights after training (WiSE-FT).
+The loop itself is :func:`vqa_ood_bench.train.engine.fit` for every method, so methods differ
+only where their papers say they differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..registry import Registry
+
+
+@dataclass
+class MethodContext:
+    """What a method may look at: the run's config and the model before any training."""
+
+    config: RunConfig
+    pretrained_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``trains`` and ``defaults`` and override hooks."""
+
+    name: ClassVar[str] = ""
+    trains: ClassVar[bool] = True
+    adapters: ClassVar[tuple[str, ...]] = ("lora", "full")
+    defaults: ClassVar[dict[str, Any]] = {}
+    description: ClassVar[str] = ""
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(f"method {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; known: {known}")
+        self.params = {**self.defaults, **params}
+
+    def check(self, config: RunConfig) -> None:
+        if config.adapter not in self.adapters:
+            raise ConfigError(f"method {self.name!r} does not support adapter {config.adapter!r} (supported: {', '.join(self.adapters)})")
+
+    def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        """Return the model to train (e.g. wrapped with LoRA); default: LoRA or all weights."""
+        from ..models.paligemma import apply_lora
+
+        cfg = ctx.config
+        if cfg.adapter == "lora":
+            return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def optimizer_factory(self, ctx: MethodContext) -> Optional[Callable[[torch.nn.Module, int], torch.optim.Optimizer]]:
+        """None: the Trainer's AdamW with the run's learning rate and weight decay."""
+        return None
+
+    def step_hooks(self, ctx: MethodContext) -> list[Callable[[torch.nn.Module, int], None]]:
+        return []
+
+    def finalize(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS.add(cls.name, cls)
+    return cls
+
+
+def get_method(name: str, **params: Any) -> Method:
+    _import_builtin_methods()
+    return METHODS.get(name)(**params)
+
+
+def method_names() -> list[str]:
+    _import_builtin_methods()
+    return METHODS.names()
+
+
+def _import_builtin_methods() -> None:
+    import importlib
+    import pkgutil
+
+    from .. import methods as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "base" and not mod.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")

@@ -1,0 +1,115 @@
+"""Pre-training the tiny foundation model on the broad mixture, cached by content hash.
+
+The cache key hashes everything that determines the weights: the architecture, the
+pre-training recipe, the mixture's version, and the library versions that shape the numerics.
+A second call with the same key loads the saved model; a different key trains afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..cache import cache_dir
+from ..config import TrainConfig
+from .paligemma import TinySpec, build_tiny_model, build_tiny_processor
+
+MIXTURE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    steps: int = 700
+    batch_size: int = 64
+    learning_rate: float = 1.5e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    seed: int = 0
+
+
+def cache_key(spec: TinySpec, recipe: PretrainRecipe) -> str:
+    import transformers
+
+    payload = {
+        "spec": asdict(spec),
+        "recipe": asdict(recipe),
+        "mixture": MIXTURE_VERSION,
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pretrained_dir(spec: TinySpec = TinySpec(), recipe: PretrainRecipe = PretrainRecipe()) -> Path:
+    return cache_dir() / "models" / f"tiny-paligemma-{cache_key(spec, recipe)}"
+
+
+def pretrain_tiny(folder: Path, spec: TinySpec, recipe: PretrainRecipe, *, show_progress: bool = True) -> dict:
+    from ..data.embedded.broad import all_words, make_example
+    from ..train.engine import ExampleDataset, TrainExample, fit
+
+    processor = build_tiny_processor(all_words(), spec)
+    model = build_tiny_model(processor, spec, seed=recipe.seed)
+
+    def example(i: int) -> TrainExample:
+        ex = make_example(recipe.seed, i)
+        return TrainExample(ex.image, ex.prompt, ex.answer)
+
+    n = recipe.steps * recipe.batch_size  # every example seen once: no repetition to memorise
+    cfg = TrainConfig(
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        batch_size=recipe.batch_size,
+        max_steps=recipe.steps,
+        warmup_ratio=recipe.warmup_ratio,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fit(model, processor, ExampleDataset(example, n), cfg, output_dir=tmp, seed=recipe.seed,
+                     description="pre-training tiny PaliGemma", show_progress=show_progress)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    info = {"key": folder.name, "steps": result.steps, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
+            "spec": asdict(spec), "recipe": asdict(recipe), "mixture": MIXTURE_VERSION}
+    (folder / "pretrain.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def default_recipe() -> PretrainRecipe:
+    """The recipe, with ``VQA_OOD_BENCH_PRETRAIN_STEPS`` overriding the step count.
+
+    Tests and smoke runs shorten pre-training this way; the step count is part of the cache
+    key, so a short test model never stands in for the real one.
+    """
+    steps = os.environ.get("VQA_OOD_BENCH_PRETRAIN_STEPS")
+    return PretrainRecipe(steps=int(steps)) if steps else PretrainRecipe()
+
+
+def load_tiny(spec: TinySpec = TinySpec(), recipe: PretrainRecipe | None = None, *, show_progress: bool = True):
+    """The pre-trained tiny model and processor, training them first if not cached."""
+    from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+
+    recipe = recipe or default_recipe()
+    folder = pretrained_dir(spec, recipe)
+    if not (folder / "pretrain.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".pretraining-", dir=folder.parent))
+        try:
+            pretrain_tiny(tmp, spec, recipe, show_progress=show_progress)
+            try:
+                tmp.rename(folder)
+            except OSError:
+                if not (folder / "pretrain.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    processor = PaliGemmaProcessor.from_pretrained(folder)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    info = json.loads((folder / "pretrain.json").read_text())
+    return model, processor, info

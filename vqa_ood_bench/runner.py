@@ -1,0 +1,244 @@
+"""The main job: fine-tune a model with a method on a suite, predict every split, score, report.
+
+``run_benchmark`` is what ``vqa-ood-bench run`` calls; it is also the Python API. Every stage
+writes into the run folder as it goes (config, predictions per split, results), so a killed
+run can be resumed with the same ``--out``: finished predictions are kept and not redone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import resource
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from . import __version__
+from .config import RunConfig, dump_config
+from .data.records import VQARecord
+from .data.suite import Suite, SplitSpec, get_suite
+from .errors import ConfigError
+from .io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from .methods.base import MethodContext, get_method
+from .report.schema import ModelInfo, RunResults, SplitResult, compute_averages, write_results
+
+Log = Callable[[str], None]
+
+
+def new_run_dir(base: str | Path = "runs", method: str = "run") -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(base) / f"{stamp}-{method}-{uuid.uuid4().hex[:6]}"
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def peak_memory_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
+
+
+def load_model(config: RunConfig, log: Log, show_progress: bool = True):
+    """(model, processor, ModelInfo) for ``config.model``: the tiny embedded model or a real one."""
+    from .models.paligemma import TINY, count_parameters, load_pretrained
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+    if config.model == TINY:
+        from .models.pretrain import load_tiny
+
+        model, processor, info = load_tiny(show_progress=show_progress)
+        model.to(dtype)
+        key = info["key"]
+        name, content_hash = TINY, key
+    else:
+        model, processor = load_pretrained(config.model, dtype=dtype, revision=config.model_revision)
+        name, content_hash = config.model, None
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    total, _ = count_parameters(model)
+    return model, processor, ModelInfo(name_or_path=name, revision=config.model_revision, content_hash=content_hash, parameters=total)
+
+
+def records_to_examples(records: list[VQARecord], prompt: str):
+    from .train.engine import ExampleDataset, TrainExample
+
+    # Each record's first answer is the training target; for real VQAv2 use the most common one.
+    def target(rec: VQARecord) -> str:
+        from collections import Counter
+
+        return Counter(rec.answers).most_common(1)[0][0]
+
+    return ExampleDataset([TrainExample(r.image, prompt.format(question=r.question), target(r)) for r in records if r.answers])
+
+
+def run_benchmark(
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    log: Log = lambda s: None,
+    show_progress: bool = True,
+) -> RunResults:
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    method = get_method(config.method, **config.method_params)
+    method.check(config)
+    suite: Suite = get_suite(config.suite)
+    run_dir = ensure_writable_dir(out_dir or new_run_dir(method=config.method))
+    config_text = dump_config(config)
+    previous = run_dir / "config.yaml"
+    if previous.is_file() and previous.read_text() != config_text:
+        raise ConfigError(f"{run_dir} holds a run with a different configuration; resume with the same options or choose a new --out")
+    atomic_write_text(previous, config_text)
+    torch.manual_seed(config.seed)
+
+    # 1. data (the embedded suite builds itself on first use)
+    t = time.perf_counter()
+    log(f"suite {suite.name} v{suite.version}: loading splits")
+    eval_records = {spec.name: suite.load(spec, config.data_root, limit=config.limit) for spec in suite.evaluation}
+    timings["data_s"] = time.perf_counter() - t
+
+    # 2. model
+    t = time.perf_counter()
+    model, processor, model_info = load_model(config, log, show_progress)
+    timings["model_s"] = time.perf_counter() - t
+
+    # 3. train
+    ctx = MethodContext(config=config)
+    model = method.prepare(model, ctx)
+    ctx.pretrained_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    fit_info: dict = {}
+    trained = run_dir / "trained_state.pt"
+    if method.trains and trained.is_file():  # resuming a run whose training finished
+        _load_trainable(model, trained)
+        fit_info = {**json.loads((run_dir / "fit.json").read_text()), "resumed": True}
+        log(f"resumed: loaded the fine-tuned weights from {trained}")
+    elif method.trains:
+        t = time.perf_counter()
+        fit_info = _train(model, processor, suite, config, method, ctx, run_dir, show_progress=show_progress)
+        timings["train_s"] = time.perf_counter() - t
+        _save_trainable(model, trained)
+        atomic_write_json(run_dir / "fit.json", fit_info)
+    model = method.finalize(model, ctx)
+    from .models.paligemma import count_parameters
+
+    model_info.trainable_parameters = count_parameters(model)[1] if method.trains else 0
+
+    # 4. predict + 5. score
+    splits, timings["predict_s"], timings["score_s"] = _predict_and_score(model, processor, suite, eval_records, config, run_dir, show_progress)
+
+    timings["total_s"] = time.perf_counter() - t_start
+    results = RunResults(
+        run_id=run_dir.name,
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        method=method.name,
+        method_params={**method.describe(), "adapter": config.adapter, **({"fit": fit_info} if fit_info else {})},
+        model=model_info,
+        suite=suite.name,
+        suite_version=suite.version,
+        seed=config.seed,
+        dtype=config.dtype,
+        batch_size=config.train.batch_size * config.train.grad_accum,
+        scoring_variant=config.scoring_variant,
+        package_version=__version__,
+        git_commit=git_commit(),
+        config=config.model_dump(mode="json"),
+        splits=splits,
+        averages=compute_averages(splits),
+        timings={k: round(v, 2) for k, v in timings.items()},
+        peak_memory_mb=round(peak_memory_mb(), 1),
+    )
+    write_results(results, run_dir / "results.json")
+    return results
+
+
+def _save_trainable(model, path: Path) -> None:
+    """The weights training changed (adapters, or everything for full fine-tuning), atomically."""
+    state = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_trainable(model, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    if missing:
+        raise ConfigError(f"{path} does not match this model ({len(missing)} trainable tensors missing, e.g. {missing[0]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def _train(model, processor, suite: Suite, config: RunConfig, method, ctx: MethodContext, run_dir: Path, *, show_progress: bool) -> dict:
+    from .predict.generate import generate_answers
+    from .score.vqa_accuracy import vqa_scores
+    from .train.engine import fit
+
+    train_records = suite.load(suite.train, config.data_root, limit=config.limit)
+    val_records = suite.load(suite.validation, config.data_root, limit=config.train.validation_size or None)
+    if not train_records:
+        raise ConfigError(f"suite {suite.name!r}: the training split is empty")
+    val_images = [r.load_image() for r in val_records]
+
+    def validate(m) -> float:
+        preds: list[str] = []
+        for i in range(0, len(val_records), config.eval_batch_size):
+            batch = val_records[i : i + config.eval_batch_size]
+            preds += generate_answers(m, processor, val_images[i : i + len(batch)], [config.prompt.format(question=r.question) for r in batch],
+                                      max_new_tokens=config.max_new_tokens)
+        return float(vqa_scores(preds, [r.answers for r in val_records], config.scoring_variant).mean() * 100)
+
+    result = fit(
+        model, processor, records_to_examples(train_records, config.prompt), config.train,
+        output_dir=run_dir / "checkpoints", seed=config.seed,
+        optimizer_factory=method.optimizer_factory(ctx), step_hooks=method.step_hooks(ctx),
+        validate=validate if val_records else None, description=f"fine-tuning ({method.name}, {config.adapter})",
+        show_progress=show_progress, bf16=config.dtype == "bfloat16",
+    )
+    atomic_write_json(run_dir / "train_history.json", result.history)
+    return {"steps": result.steps, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
+            "best_validation": result.best_validation, "best_step": result.best_step, "train_records": len(train_records)}
+
+
+def _predict_and_score(model, processor, suite: Suite, eval_records: dict[str, list[VQARecord]], config: RunConfig, run_dir: Path, show_progress: bool):
+    from .predict.generate import predict_records
+    from .score.vqa_accuracy import score_records
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    splits: dict[str, SplitResult] = {}
+    t_pred = t_score = 0.0
+    with Progress(TextColumn("[bold]predicting {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True, disable=not show_progress) as progress:
+        for spec in suite.evaluation:
+            records = eval_records[spec.name]
+            rel = f"predictions/{spec.name}.jsonl"
+            task = progress.add_task(spec.name, total=len(records))
+            t = time.perf_counter()
+            preds = predict_records(model, processor, records, run_dir / rel, prompt=config.prompt, batch_size=config.eval_batch_size,
+                                    max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, progress=progress, task=task)
+            t_pred += time.perf_counter() - t
+            t = time.perf_counter()
+            acc = score_records(records, preds, config.scoring_variant)
+            t_score += time.perf_counter() - t
+            splits[spec.name] = SplitResult(
+                role=spec.role, shift_type=spec.shift_type, n=acc.n, vqa_accuracy=round(acc.accuracy, 4),
+                per_answer_type={k: round(v, 4) for k, v in acc.per_answer_type.items()},
+                per_question_type={k: round(v, 4) for k, v in acc.per_question_type.items()},
+                stands_in_for=spec.stands_in_for, predictions_file=rel,
+            )
+            progress.remove_task(task)
+    return splits, t_pred, t_score
