@@ -52,6 +52,7 @@ def pretrained_dir(spec: TinySpec = TinySpec(), recipe: PretrainRecipe = Pretrai
 
 
 def pretrain_tiny(folder: Path, spec: TinySpec, recipe: PretrainRecipe, *, show_progress: bool = True) -> dict:
+    """Train the tiny model into ``folder`` (a temporary folder: the caller renames it into place)."""
     from ..data.embedded.broad import all_words, make_example
     from ..train.engine import ExampleDataset, TrainExample, fit
 
@@ -75,7 +76,7 @@ def pretrain_tiny(folder: Path, spec: TinySpec, recipe: PretrainRecipe, *, show_
                      description="pre-training tiny PaliGemma", show_progress=show_progress)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    info = {"key": folder.name, "steps": result.steps, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
+    info = {"key": cache_key(spec, recipe), "steps": result.steps, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
             "spec": asdict(spec), "recipe": asdict(recipe), "mixture": MIXTURE_VERSION}
     (folder / "pretrain.json").write_text(json.dumps(info, indent=2))
     return info

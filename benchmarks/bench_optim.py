@@ -1,0 +1,176 @@
+"""Benchmark: optimizer step time and state size of DiGraP and FTP against torch's AdamW.
+
+Three cases, all timed in the same process against torch's fastest AdamW on this build
+(``fused=True`` where available) and ``foreach=True`` AdamW:
+
+(a) full fine-tuning of ~50 M parameters in transformer shapes (anchor = pre-trained copy);
+(b) 200 LoRA-shaped tensors (r = 8, anchor = origin);
+(c) the whole training step (forward, backward, optimizer) of the embedded tiny PaliGemma,
+    vanilla AdamW against DiGraP.
+
+Step times are the median of ``--steps`` steps after ``--warmup`` steps (the first step of a
+compiled optimizer compiles and is reported separately). State bytes count each storage
+in ``optimizer.state`` once.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_optim.py [--steps 10] [--no-compile] [--json]
+
+Goals (issue 4): DiGraP step <= 2x fused AdamW for (a) and (b); whole training step
+<= 1.05x vanilla; DiGraP state <= AdamW's + the anchor copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from vqa_ood_bench.optim import FTP, DiGraP, state_bytes
+
+
+def full_ft_shapes(layers: int = 8, d: int = 768, ff: int = 3072, vocab: int = 8000) -> list[tuple[int, ...]]:
+    """~63 M parameters: embeddings plus ``layers`` transformer blocks (q, k, v, o, two MLP
+    matrices, biases, two norms)."""
+    shapes: list[tuple[int, ...]] = [(vocab, d)]
+    for _ in range(layers):
+        shapes += [(d, d)] * 4 + [(ff, d), (d, ff)] + [(d,)] * 4 + [(ff,), (d,), (d,), (d,)]
+    return shapes
+
+
+def lora_shapes(n_tensors: int = 200, d: int = 768, r: int = 8) -> list[tuple[int, ...]]:
+    return [(r, d) if i % 2 == 0 else (d, r) for i in range(n_tensors)]
+
+
+def make_params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    return ps
+
+
+def has_fused_adamw() -> bool:
+    try:
+        p = torch.nn.Parameter(torch.zeros(2))
+        p.grad = torch.zeros(2)
+        torch.optim.AdamW([p], fused=True).step()
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def time_steps(step: Callable[[], Any], steps: int, warmup: int) -> tuple[float, float]:
+    """``(first step seconds, median of the next ``steps`` after ``warmup``)``."""
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return first, statistics.median(times)
+
+
+def optimizer_rows(shapes, anchor: str, steps: int, warmup: int, compile_: bool) -> list[dict[str, Any]]:
+    fused = has_fused_adamw()
+    makers: list[tuple[str, Callable[[list], torch.optim.Optimizer]]] = []
+    if fused:
+        makers.append(("AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=True)))
+    makers.append(("AdamW foreach", lambda ps: torch.optim.AdamW(ps, lr=1e-4, foreach=True)))
+    makers.append(("DiGraP adam (eager)", lambda ps: DiGraP(ps, lr=1e-4, mu=0.5, anchor=anchor)))
+    if compile_:
+        makers.append(("DiGraP adam (compiled)", lambda ps: DiGraP(ps, lr=1e-4, mu=0.5, anchor=anchor, compile=True)))
+    makers.append(("FTP adamw (eager)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor)))
+    if compile_:
+        makers.append(("FTP adamw (compiled)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor, compile=True)))
+    rows = []
+    for name, make in makers:
+        ps = make_params(shapes)
+        opt = make(ps)
+        first, med = time_steps(opt.step, steps, warmup)
+        rows.append(dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt)))
+        del opt, ps
+    base = rows[0]["step_ms"]
+    for r in rows:
+        r["ratio"] = r["step_ms"] / base
+    return rows
+
+
+def training_rows(steps: int, warmup: int, compile_: bool) -> list[dict[str, Any]]:
+    from vqa_ood_bench.data.embedded.broad import all_words, make_example
+    from vqa_ood_bench.models.paligemma import build_tiny_model, build_tiny_processor
+    from vqa_ood_bench.train.engine import TrainExample, VQACollator
+
+    processor = build_tiny_processor(all_words())
+    examples = [make_example(0, i) for i in range(16)]
+    batch = VQACollator(processor)([TrainExample(e.image, e.prompt, e.answer) for e in examples])
+    makers = [("AdamW (vanilla)", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4, foreach=True)),
+              ("DiGraP adam (eager)", lambda m: DiGraP(m.named_parameters(), lr=1e-4, mu=0.5))]
+    if compile_:
+        makers.append(("DiGraP adam (compiled)", lambda m: DiGraP(m.named_parameters(), lr=1e-4, mu=0.5, compile=True)))
+    rows = []
+    for name, make in makers:
+        model = build_tiny_model(processor)
+        opt = make(model)
+
+        def step() -> None:
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+        first, med = time_steps(step, steps, warmup)
+        rows.append(dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt),
+                         params=sum(p.numel() for p in model.parameters())))
+    base = rows[0]["step_ms"]
+    for r in rows:
+        r["ratio"] = r["step_ms"] / base
+    return rows
+
+
+def print_table(title: str, rows: list[dict[str, Any]], base_name: str) -> None:
+    print(f"\n{title}")
+    print(f"{'optimizer':<26}{'step ms':>10}{'x ' + base_name:>16}{'state MiB':>11}{'1st step s':>12}")
+    for r in rows:
+        print(f"{r['optimizer']:<26}{r['step_ms']:>10.1f}{r['ratio']:>16.2f}{r['state_bytes'] / 2**20:>11.1f}{r['first_s']:>12.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile-d rows")
+    ap.add_argument("--cases", default="full,lora,train")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    compile_ = not args.no_compile
+    cases = set(args.cases.split(","))
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+          f"fused AdamW: {has_fused_adamw()}")
+    out: dict[str, Any] = {}
+    base_name = "fused" if has_fused_adamw() else "foreach"
+    if "full" in cases:
+        shapes = full_ft_shapes()
+        n = sum(torch.Size(s).numel() for s in shapes)
+        out["full"] = optimizer_rows(shapes, "pretrained", args.steps, args.warmup, compile_)
+        print_table(f"(a) full fine-tuning, {n / 1e6:.1f} M parameters in {len(shapes)} tensors", out["full"], base_name)
+    if "lora" in cases:
+        shapes = lora_shapes()
+        out["lora"] = optimizer_rows(shapes, "origin", args.steps, args.warmup, compile_)
+        print_table(f"(b) LoRA, {len(shapes)} tensors (r=8, d=768)", out["lora"], base_name)
+    if "train" in cases:
+        out["train"] = training_rows(args.steps, args.warmup, compile_)
+        print_table(f"(c) whole training step, embedded tiny model ({out['train'][0]['params'] / 1e6:.2f} M params, batch 16)",
+                    out["train"], "vanilla")
+    if args.json:
+        print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

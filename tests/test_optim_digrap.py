@@ -1,0 +1,373 @@
+"""DiGraP against a straightforward float64 per-tensor reference written from the spec."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqa_ood_bench.errors import ConfigError
+from vqa_ood_bench.optim import DiGraP, state_bytes
+
+# bucketed small tensors (several of one shape, short-row LoRA-B shapes), 1-D, 0-d, 4-D, and
+# one tensor large enough to be processed in place
+SHAPES = [(6, 5), (6, 5), (6, 5), (32, 4), (32, 4), (4, 32), (5,), (5,), (), (3, 2, 2, 2), (300, 256)]
+BASES = {
+    "adam": dict(base="adam", weight_decay=0.01),
+    "adamw": dict(base="adamw", weight_decay=0.1),
+    "sgd": dict(base="sgd", momentum=0.9, weight_decay=0.01),
+    "sgd-nesterov": dict(base="sgd", momentum=0.9, nesterov=True),
+    "sgd-plain": dict(base="sgd"),
+}
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(1, -1) if t.dim() <= 1 else t.reshape(t.shape[0], -1)
+
+
+class RefDiGraP:
+    """The spec's per-step algorithm, one tensor at a time, in float64, storing P_prev."""
+
+    def __init__(self, params, anchors, *, lr, mu, omega=None, two_sided=None, base="adam", betas=(0.9, 0.999),
+                 eps=1e-8, weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False):
+        self.p = [x.detach().double().clone() for x in params]
+        self.p0 = [None if a is None else a.double().clone() for a in anchors]
+        self.kw = dict(lr=lr, mu=mu, omega=omega, lam=two_sided, base=base, betas=betas, eps=eps, wd=weight_decay,
+                       momentum=momentum, dampening=dampening, nesterov=nesterov)
+        self.st = [dict(t=0, om=0.0, om_m=0.0, om_v=0.0, P=None, m=torch.zeros_like(x), v=torch.zeros_like(x), buf=None)
+                   for x in self.p]
+
+    def step(self, grads):
+        k = self.kw
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            s, p, g = self.st[i], self.p[i], g.double()
+            s["t"] += 1
+            t = s["t"]
+            D = p - self.p0[i] if self.p0[i] is not None else p.clone()
+            d = float((g * D).sum())
+            P = d / (float((D * D).sum()) + 1e-8) * D
+            if k["omega"] is not None:
+                om = k["omega"]
+            elif t == 1:
+                om = 0.0
+            else:
+                h = float((F.normalize(rows(g), dim=1, eps=1e-12) * F.normalize(rows(s["P"]), dim=1, eps=1e-12)).sum())
+                s["om_m"] = 0.9 * s["om_m"] + 0.1 * h
+                s["om_v"] = 0.999 * s["om_v"] + 0.001 * h * h
+                mhat, vhat = s["om_m"] / (1 - 0.9**t), s["om_v"] / (1 - 0.999**t)
+                om = min(1.0, max(0.0, s["om"] - k["mu"] * mhat / (math.sqrt(vhat) + 1e-8)))
+            s["om"] = om
+            conflict = d < 0
+            ga = g - om * P if conflict else g.clone()
+            if k["lam"] is not None:
+                reg = k["lam"] * D
+                if conflict:
+                    reg = reg - om * k["lam"] * d / (float((g * g).sum()) + 1e-8) * g
+                ga = ga + reg
+            s["P"] = P
+            self._base(p, ga, s, t)
+
+    def _base(self, p, g, s, t):
+        k = self.kw
+        if k["base"] == "sgd":
+            g = g + k["wd"] * p
+            if k["momentum"]:
+                s["buf"] = g.clone() if s["buf"] is None else k["momentum"] * s["buf"] + (1 - k["dampening"]) * g
+                g = g + k["momentum"] * s["buf"] if k["nesterov"] else s["buf"]
+            p -= k["lr"] * g
+            return
+        b1, b2 = k["betas"]
+        if k["base"] == "adamw":
+            p *= 1 - k["lr"] * k["wd"]
+        else:
+            g = g + k["wd"] * p
+        s["m"] = b1 * s["m"] + (1 - b1) * g
+        s["v"] = b2 * s["v"] + (1 - b2) * g * g
+        p -= k["lr"] / (1 - b1**t) * s["m"] / ((s["v"] / (1 - b2**t)).sqrt() + k["eps"])
+
+
+def make_params(dtype=torch.float64, seed=0, shapes=SHAPES):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+
+
+def grads_for(params, anchors, gen, skip=()):
+    """Noise plus a pull toward or away from the anchor, so that both conflicting and
+    agreeing steps occur."""
+    out = []
+    for i, (p, a) in enumerate(zip(params, anchors)):
+        if i in skip:
+            out.append(None)
+            continue
+        D = p.detach() - (a if a is not None else 0)
+        sign = 1.0 if torch.rand((), generator=gen) < 0.5 else -1.0
+        out.append(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype) + sign * 2.0 * D)
+    return out
+
+
+def run_pair(opt_kw, *, steps=12, origin_every=3, dtype=torch.float64, skip_at=None):
+    """Run DiGraP (two groups: pretrained anchors and origin anchors) next to the reference."""
+    params = make_params(dtype)
+    origin = [i for i in range(len(params)) if i % origin_every == 1]
+    anchors = [None if i in origin else p.detach().clone() for i, p in enumerate(params)]
+    groups = [{"params": [p for i, p in enumerate(params) if i not in origin], "anchor": "pretrained"},
+              {"params": [p for i, p in enumerate(params) if i in origin], "anchor": "origin"}]
+    opt = DiGraP(groups, **opt_kw)
+    ref = RefDiGraP(params, anchors, **opt_kw)
+    gen = torch.Generator().manual_seed(1)
+    for k in range(steps):
+        skip = skip_at(k) if skip_at else ()
+        grads = grads_for(params, anchors, gen, skip)
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+        ref.step(grads)
+    return params, ref, opt, origin
+
+
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("variant", ["trainable", "fixed", "two_sided"])
+def test_matches_float64_reference(base, variant):
+    kw = dict(lr=0.05, mu=0.5, **BASES[base])
+    if variant == "fixed":
+        kw["omega"] = 0.6
+    if variant == "two_sided":
+        kw["two_sided"] = 0.5
+    params, ref, opt, origin = run_pair(kw)
+    for p, r in zip(params, ref.p):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
+    oms = list(opt.omegas().values())
+    # omegas() lists group 0 then group 1
+    order = [i for i in range(len(params)) if i not in origin] + origin
+    assert oms == pytest.approx([ref.st[i]["om"] for i in order], abs=1e-10)
+    if variant == "trainable":
+        assert any(0 < o < 1 for o in oms)  # the test exercises the learned strength
+
+
+def test_float32_close_to_reference():
+    params, ref, _, _ = run_pair(dict(lr=0.05, mu=0.5, base="adam"), dtype=torch.float32)
+    for p, r in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().double(), r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("how", [dict(omega=0.0), dict(mu=0.0)])
+def test_zero_strength_is_exactly_the_base_optimizer(base, how):
+    kw = dict(BASES[base])
+    base_name = kw.pop("base")
+    torch_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[base_name]
+    a, b = make_params(), make_params()
+    opt = DiGraP(a, lr=0.05, base=base_name, **kw, **how)
+    ref = torch_cls(b, lr=0.05, **kw)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(8):
+        for pa, pb in zip(a, b):
+            g = torch.randn(pa.shape, generator=gen, dtype=pa.dtype) - pa.detach()
+            pa.grad, pb.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for pa, pb in zip(a, b):
+        assert torch.equal(pa, pb)
+
+
+def test_zero_strength_through_the_projection_kernels_matches_torch_adam():
+    # two_sided=0 forces the bucketed projection path; with omega 0 it must still be Adam
+    a, b = make_params(), make_params()
+    opt = DiGraP(a, lr=0.05, base="adam", omega=0.0, two_sided=0.0)
+    ref = torch.optim.Adam(b, lr=0.05)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(8):
+        for pa, pb in zip(a, b):
+            g = torch.randn(pa.shape, generator=gen, dtype=pa.dtype)
+            pa.grad, pb.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa.detach(), pb.detach(), rtol=1e-13, atol=1e-14)
+
+
+def _one_sgd_step(theta0, theta, g, omega=1.0):
+    p = torch.nn.Parameter(theta0.clone())
+    opt = DiGraP([p], lr=1.0, base="sgd", omega=omega)
+    with torch.no_grad():
+        p.copy_(theta)
+    p.grad = g.clone()
+    opt.step()
+    return p.detach().clone()
+
+
+def test_full_projection_is_orthogonal_to_the_distance_when_conflicting():
+    gen = torch.Generator().manual_seed(4)
+    theta0 = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    D = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    g = torch.randn(7, 5, generator=gen, dtype=torch.float64) - 2 * D
+    assert float((g * D).sum()) < 0
+    step = _one_sgd_step(theta0, theta0 + D, g) - (theta0 + D)  # -g_applied
+    # orthogonal up to the spec's 1e-8 in the projection's denominator
+    assert abs(float((step * D).sum())) < 1e-7 * float(step.norm() * D.norm())
+    # and it is exactly g minus its component along D
+    expected = -(g - float((g * D).sum()) / (float((D * D).sum()) + 1e-8) * D)
+    torch.testing.assert_close(step, expected, rtol=1e-12, atol=1e-12)
+    # half strength removes half the component
+    half = _one_sgd_step(theta0, theta0 + D, g, omega=0.5) - (theta0 + D)
+    assert float((half * D).sum()) == pytest.approx(-0.5 * float((g * D).sum()), rel=1e-9)
+
+
+def test_no_projection_when_gradients_agree():
+    gen = torch.Generator().manual_seed(5)
+    theta0 = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    D = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    g = torch.randn(7, 5, generator=gen, dtype=torch.float64) + 2 * D
+    assert float((g * D).sum()) > 0
+    assert torch.equal(_one_sgd_step(theta0, theta0 + D, g), (theta0 + D) - g)
+
+
+def _omega_after(grads, mu):
+    """omega after each step of a 1-D tensor under plain SGD (lr tiny) fed ``grads``."""
+    theta0 = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    p = torch.nn.Parameter(theta0.clone())
+    opt = DiGraP([p], lr=1e-3, base="sgd", mu=mu)
+    with torch.no_grad():
+        p.add_(torch.tensor([0.3, 0.1, -0.2], dtype=torch.float64))  # theta - theta0 = D
+    out = []
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        out.append(opt.omegas()[0])
+    return out
+
+
+def test_omega_hypergradient_sign():
+    # P_prev is the previous gradient's component along D (= theta - theta0). The spec:
+    # theta_t depends on omega through +lr*omega*P_prev, so dL/domega ~ <g_t, P_prev>, and
+    # h = sum_rows cos(g_t, P_prev) > 0 lowers omega, h < 0 raises it.
+    D = torch.tensor([0.3, 0.1, -0.2], dtype=torch.float64)
+    mu = 0.1
+    up = _omega_after([D.clone(), -D.clone()], mu)  # P_1 along +D, g_2 = -D: h = -1
+    assert up[0] == 0.0
+    # the spec's scalar Adam at t = 2 with h = -1 (first moment update of omega)
+    m, v = 0.1 * -1.0, 0.001 * 1.0
+    expected = min(1.0, max(0.0, 0 - mu * (m / (1 - 0.9**2)) / (math.sqrt(v / (1 - 0.999**2)) + 1e-8)))
+    assert up[1] == pytest.approx(expected, rel=1e-4) and up[1] > 0
+    # raise omega, then a gradient aligned with P_prev (h > 0) lowers it again
+    # alternating gradients keep h = -1 (omega rises); a repeated one gives h = +1, which
+    # (Adam's momentum aside) ends lower than continuing to alternate
+    seq = _omega_after([D, -D, D, -D, -D], mu)
+    alt = _omega_after([D, -D, D, -D, D], mu)
+    assert 0 < seq[1] < seq[2] < seq[3]
+    assert seq[:4] == alt[:4] and seq[4] < alt[4]
+
+
+def test_omega_is_clamped_to_unit_interval():
+    D = torch.tensor([0.3, 0.1, -0.2], dtype=torch.float64)
+    seq = _omega_after([D, -D, D, -D, -D, -D, -D], mu=100.0)
+    assert seq[1] == seq[2] == seq[3] == 1.0  # pushed far above 1: clamped
+    assert seq[-1] == 0.0  # pushed far below 0: clamped
+    assert all(0.0 <= o <= 1.0 for o in seq)
+
+
+def test_tensor_without_gradient_keeps_its_state_and_shifts_nobody():
+    # tensor 1 (bucketed with 0 and 2) and tensor 7 (1-D) have no gradient at steps 2 and 5
+    missing = lambda k: (1, 7) if k in (2, 5) else ()  # noqa: E731
+    params, ref, opt, _ = run_pair(dict(lr=0.05, mu=0.5, base="adam"), skip_at=missing, origin_every=100)
+    for p, r in zip(params, ref.p):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
+    assert int(opt.state[params[1]]["step"]) == ref.st[1]["t"] == 10
+    assert int(opt.state[params[0]]["step"]) == 12
+
+
+@pytest.mark.parametrize("base", ["adam", "sgd-nesterov"])
+def test_state_dict_round_trip_resumes_bit_identically(base):
+    kw = dict(lr=0.05, mu=0.5, **BASES[base])
+    params = make_params()
+    anchors = [p.detach().clone() for p in params]
+    opt = DiGraP(params, **kw)
+    gen = torch.Generator().manual_seed(6)
+
+    def run(ps, o, n, g):
+        for _ in range(n):
+            for p, gr in zip(ps, grads_for(ps, anchors, g)):
+                p.grad = gr
+            o.step()
+
+    run(params, opt, 5, gen)
+    saved_sd = copy.deepcopy(opt.state_dict())
+    saved_params = [p.detach().clone() for p in params]
+    saved_gen = gen.get_state()
+    run(params, opt, 5, gen)
+
+    params2 = [torch.nn.Parameter(torch.randn(p.shape, dtype=p.dtype)) for p in params]  # wrong anchors on purpose
+    opt2 = DiGraP(params2, **kw)
+    opt2.load_state_dict(saved_sd)
+    with torch.no_grad():
+        for p2, s in zip(params2, saved_params):
+            p2.copy_(s)
+    gen2 = torch.Generator()
+    gen2.set_state(saved_gen)
+    run(params2, opt2, 5, gen2)
+    for p, p2 in zip(params, params2):
+        assert torch.equal(p, p2)
+    assert opt.omegas() == opt2.omegas()
+
+
+def test_exclusion_by_name_and_names_key():
+    gen = torch.Generator().manual_seed(7)
+    a = {n: torch.nn.Parameter(torch.randn(4, 3, generator=gen, dtype=torch.float64)) for n in ["enc.w", "head.w", "enc.b"]}
+    head_ref = torch.nn.Parameter(a["head.w"].detach().clone())
+    opt = DiGraP([{"params": list(a.values()), "names": list(a)}], lr=0.1, base="adam", mu=1.0, exclude=[r"^head\."])
+    ref = torch.optim.Adam([head_ref], lr=0.1)
+    for _ in range(6):
+        for p in a.values():
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) - 3 * p.detach()
+        head_ref.grad = a["head.w"].grad.clone()
+        opt.step()
+        ref.step()
+    assert torch.equal(a["head.w"], head_ref)
+    assert set(opt.omegas()) == {"enc.w", "enc.b"}
+    assert 0.0 <= opt.omega_mean() <= 1.0
+
+
+def test_state_is_adamw_plus_anchor():
+    params = make_params(torch.float32)
+    other = make_params(torch.float32)
+    opt = DiGraP(params, lr=0.01)
+    adamw = torch.optim.AdamW(other, lr=0.01)
+    for ps, o in ((params, opt), (other, adamw)):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        o.step()
+    anchor = sum(p.numel() * p.element_size() for p in params)
+    scalar_allowance = 64 * len(params)  # a few float per-tensor scalars
+    assert state_bytes(opt) <= state_bytes(adamw) + anchor + scalar_allowance
+    origin = DiGraP(make_params(torch.float32), lr=0.01, anchor="origin")
+    for p in origin.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+    origin.step()
+    assert state_bytes(origin) <= state_bytes(adamw) + scalar_allowance
+
+
+@pytest.mark.parametrize("bad", [dict(omega=1.5), dict(mu=-1.0), dict(base="lion"), dict(anchor="zero"), dict(two_sided=-1.0)])
+def test_invalid_options_raise_config_error(bad):
+    with pytest.raises(ConfigError):
+        DiGraP(make_params(), lr=0.1, **bad)
+
+
+@pytest.mark.slow
+def test_compiled_kernels_match_eager():
+    kw = dict(lr=0.05, mu=0.5, base="adamw", weight_decay=0.1)
+    a, b = make_params(torch.float32), make_params(torch.float32)
+    eager, comp = DiGraP(a, **kw), DiGraP(b, compile=True, **kw)
+    anchors = [p.detach().clone() for p in a]
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(5):
+        for pa, pb, g in zip(a, b, grads_for(a, anchors, gen)):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        eager.step()
+        comp.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)

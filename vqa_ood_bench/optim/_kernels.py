@@ -1,0 +1,370 @@
+"""Element kernels shared by the anchored optimizers (DiGraP, FTP).
+
+Every kernel works on ``(n, X, Y)`` blocks: ``n`` tensors of one shape, each viewed as its
+rows (see :mod:`._common`); ``red`` is the dimension that runs along a row (2 for the usual
+``(n, rows, cols)`` layout, 1 for the transposed ``(n, cols, rows)`` layout used for short
+rows). Per-tensor scalars come in as an ``(n, K)`` coefficient table, and per-tensor
+reductions come back as ``(n, S)`` tables, so one call serves one large tensor or a few
+hundred LoRA factors.
+
+The functions are plain eager PyTorch. :func:`compiled` returns a ``torch.compile``-d version
+(dynamic shapes) in which each kernel is one sweep over memory: a stats kernel reads each input
+once, an update kernel reads each input once and writes the parameter and its moment buffers
+in place. Eager and compiled versions agree up to float rounding.
+
+Arithmetic is done in float32 for (b)float16/float32 tensors and in float64 for float64.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "compiled",
+    "compute_dtype",
+    "digrap_adam_stats",
+    "digrap_adam_update",
+    "digrap_sgd_stats",
+    "digrap_sgd_update",
+    "ftp_adam_candidate",
+    "ftp_sgd_candidate",
+    "ftp_project",
+]
+
+#: eps of the row-wise L2 normalisation in DiGraP's hyper-gradient (``F.normalize``'s default)
+NORMALIZE_EPS = 1e-12
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in for tensors of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _k(coef: Tensor, k: int) -> Tensor:
+    """Column ``k`` of the coefficient table, broadcastable against ``(n, X, Y)``."""
+    return coef[:, k].view(-1, 1, 1)
+
+
+def _delta(pf: Tensor, p0: Tensor | None, cdt: torch.dtype) -> Tensor:
+    return pf - p0.to(cdt) if p0 is not None else pf
+
+
+def _digrap_sums(gf: Tensor, d: Tensor, dp: Tensor | None, cprev: Tensor, red: int) -> Tensor:
+    """Per-tensor ``<g,D>, |D|^2, |g|^2`` and the hyper-gradient
+    ``h = sum_rows cos(g_row, c_prev * D'_row)`` (0 when ``dp`` is None)."""
+    gg = (gf * gf).sum(red)
+    out = [(gf * d).sum(red).sum(1), (d * d).sum(red).sum(1), gg.sum(1)]
+    if dp is None:
+        out.append(torch.zeros_like(out[0]))
+    else:
+        e = (gf * dp).sum(red)
+        q = (dp * dp).sum(red)
+        cp = cprev.view(-1, 1)
+        gnorm = torch.clamp_min(torch.sqrt(gg), NORMALIZE_EPS)
+        pnorm = torch.clamp_min(cp.abs() * torch.sqrt(q), NORMALIZE_EPS)
+        out.append((cp * e / (gnorm * pnorm)).sum(1))
+    return torch.stack(out, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# DiGraP, Adam / AdamW base
+# --------------------------------------------------------------------------------------------
+#
+# stats table:  0: lr_{t-1} / (1 - beta1^(t-1))  (0 when the tensor has no previous step)
+#               1: 1 / (1 - beta2^(t-1))         2: 1 / (1 - lr_{t-1} * wd) (decoupled, else 1)
+#               3: c_{t-1} (P_{t-1} = c_{t-1} * (theta_{t-1} - theta0))
+# update table: 0: a  1: b   -> applied gradient a*g + b*(theta - theta0) + wdc*theta
+#               2: lr / (1 - beta1^t)  3: 1 / (1 - beta2^t)  4: 1 - lr*wd (decoupled, else 1)
+#               5: wdc (coupled L2, else 0)  6: active (1/0)
+
+
+def digrap_adam_stats(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    m: Tensor,
+    v: Tensor,
+    coef: Tensor,
+    with_prev: bool,
+    eps: float,
+    red: int,
+) -> Tensor:
+    """``(n, 4)``: ``<g,D>, |D|^2, |g|^2, h`` with ``D = theta - theta0``.
+
+    The previous weights are recomputed from the current ones and the not-yet-updated Adam
+    moments, ``theta_{t-1} = (theta_t + lr_{t-1} m_hat / (sqrt(v_hat) + eps)) / (1 - lr_{t-1} wd)``,
+    so no copy of them is kept.
+    """
+    cdt = compute_dtype(p.dtype)
+    gf = g.to(cdt)
+    pf = p.to(cdt)
+    d = _delta(pf, p0, cdt)
+    dp = None
+    if with_prev:
+        u = m.to(cdt) / (torch.sqrt(v.to(cdt) * _k(coef, 1)) + eps)
+        dp = _delta((pf + _k(coef, 0) * u) * _k(coef, 2), p0, cdt)
+    return _digrap_sums(gf, d, dp, coef[:, 3], red)
+
+
+def digrap_adam_update(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    m: Tensor,
+    v: Tensor,
+    coef: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    masked: bool,
+) -> None:
+    """Adam(W) step, in place, with the applied gradient ``a*g + b*(theta - theta0) + wdc*theta``."""
+    cdt = compute_dtype(p.dtype)
+    pf = p.to(cdt)
+    mf = m.to(cdt)
+    vf = v.to(cdt)
+    gp = _k(coef, 0) * g.to(cdt) + _k(coef, 1) * _delta(pf, p0, cdt) + _k(coef, 5) * pf
+    mn = mf + (gp - mf) * (1.0 - beta1)
+    vn = vf * beta2 + gp * gp * (1.0 - beta2)
+    pn = pf * _k(coef, 4) - _k(coef, 2) * mn / (torch.sqrt(vn * _k(coef, 3)) + eps)
+    if masked:
+        act = _k(coef, 6) > 0
+        mn = torch.where(act, mn, mf)
+        vn = torch.where(act, vn, vf)
+        pn = torch.where(act, pn, pf)
+    m.copy_(mn)
+    v.copy_(vn)
+    p.copy_(pn)
+
+
+# --------------------------------------------------------------------------------------------
+# DiGraP, SGD base (momentum, Nesterov or plain; coupled L2)
+# --------------------------------------------------------------------------------------------
+#
+# stats table:  0: lr_{t-1} (0 when none)  1, 2: unused  3: c_{t-1}
+# update table: 0: a  1: b  2: lr  3: wdc  4: first (1: momentum buffer not yet set)  5: active
+
+
+def digrap_sgd_stats(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    prev_update: Tensor | None,
+    coef: Tensor,
+    with_prev: bool,
+    red: int,
+) -> Tensor:
+    """As :func:`digrap_adam_stats`, with ``theta_{t-1} = theta_t + lr_{t-1} * update_{t-1}``."""
+    cdt = compute_dtype(p.dtype)
+    gf = g.to(cdt)
+    d = _delta(p.to(cdt), p0, cdt)
+    dp = None
+    if with_prev and prev_update is not None:
+        dp = d + _k(coef, 0) * prev_update.to(cdt)
+    return _digrap_sums(gf, d, dp, coef[:, 3], red)
+
+
+def digrap_sgd_update(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    buf: Tensor | None,
+    last: Tensor | None,
+    coef: Tensor,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    masked: bool,
+) -> None:
+    """torch.optim.SGD's step, in place, with the applied gradient
+    ``a*g + b*(theta - theta0) + wdc*theta``; ``last`` receives the update direction."""
+    cdt = compute_dtype(p.dtype)
+    pf = p.to(cdt)
+    gp = _k(coef, 0) * g.to(cdt) + _k(coef, 1) * _delta(pf, p0, cdt) + _k(coef, 3) * pf
+    act = _k(coef, 5) > 0
+    if buf is not None:
+        bf = buf.to(cdt)
+        nb = torch.where(_k(coef, 4) > 0, gp, bf * momentum + gp * (1.0 - dampening))
+        upd = gp + nb * momentum if nesterov else nb
+        buf.copy_(torch.where(act, nb, bf) if masked else nb)
+    else:
+        upd = gp
+    if last is not None:
+        lf = last.to(cdt)
+        last.copy_(torch.where(act, upd, lf) if masked else upd)
+    pn = pf - _k(coef, 2) * upd
+    p.copy_(torch.where(act, pn, pf) if masked else pn)
+
+
+# --------------------------------------------------------------------------------------------
+# FTP
+# --------------------------------------------------------------------------------------------
+#
+# candidate table (Adam): 0: lr / (1 - beta1^t)  1: 1 / (1 - beta2^t)  2: 1 - lr*wd (decoupled)
+#                         3: wdc (coupled)  4: active
+# candidate table (SGD):  0: lr  1: unused  2: unused  3: wdc (coupled)  4: active  5: first
+# project table:          0: gamma  1: active
+
+
+def _ftp_sums(gf: Tensor, cn: Tensor, cprev: Tensor, red: int) -> tuple[Tensor, Tensor]:
+    rownorm = cn.abs().sum(red) + 1e-8  # (n, rows)
+    prevnorm = cprev.abs().sum(red) + 1e-8
+    gg = ((gf * cprev).sum(red) / prevnorm).sum(1)
+    return torch.stack([gg, rownorm.amax(1)], 1), rownorm
+
+
+def ftp_adam_candidate(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    m: Tensor,
+    v: Tensor,
+    cbuf: Tensor,
+    coef: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    red: int,
+    masked: bool,
+) -> tuple[Tensor, Tensor]:
+    """Adam(W) step to the unconstrained weights; ``cbuf`` goes from ``c_{t-1}`` to
+    ``c_t = theta_new - theta0``; the weights are not written (see :func:`ftp_project`).
+
+    Returns ``(n, 2)``: ``sum_rows <g_row, c_{t-1,row}> / (|c_{t-1,row}|_1 + 1e-8)`` and
+    ``max_rows |c_t,row|_1 + 1e-8``; and the row norms ``|c_t,row|_1 + 1e-8`` ``(n, rows)``.
+    """
+    cdt = compute_dtype(p.dtype)
+    gf = g.to(cdt)
+    mf = m.to(cdt)
+    vf = v.to(cdt)
+    cp = cbuf.to(cdt)
+    gp = gf + _k(coef, 3) * p.to(cdt)
+    mn = mf + (gp - mf) * (1.0 - beta1)
+    vn = vf * beta2 + gp * gp * (1.0 - beta2)
+    new = p.to(cdt) * _k(coef, 2) - _k(coef, 0) * mn / (torch.sqrt(vn * _k(coef, 1)) + eps)
+    cn = _delta(new, p0, cdt)
+    if masked:
+        act = _k(coef, 4) > 0
+        mn = torch.where(act, mn, mf)
+        vn = torch.where(act, vn, vf)
+        cn = torch.where(act, cn, cp)
+    tot, rownorm = _ftp_sums(gf, cn, cp, red)
+    m.copy_(mn)
+    v.copy_(vn)
+    cbuf.copy_(cn)
+    return tot, rownorm
+
+
+def ftp_sgd_candidate(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    buf: Tensor | None,
+    cbuf: Tensor,
+    coef: Tensor,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    red: int,
+    masked: bool,
+) -> tuple[Tensor, Tensor]:
+    """SGD (coupled L2, momentum / Nesterov) step to the unconstrained weights; see
+    :func:`ftp_adam_candidate`."""
+    cdt = compute_dtype(p.dtype)
+    gf = g.to(cdt)
+    pf = p.to(cdt)
+    cp = cbuf.to(cdt)
+    gp = gf + _k(coef, 3) * pf
+    act = _k(coef, 4) > 0
+    if buf is not None:
+        bf = buf.to(cdt)
+        nb = torch.where(_k(coef, 5) > 0, gp, bf * momentum + gp * (1.0 - dampening))
+        upd = gp + nb * momentum if nesterov else nb
+        buf.copy_(torch.where(act, nb, bf) if masked else nb)
+    else:
+        upd = gp
+    cn = _delta(pf - _k(coef, 0) * upd, p0, cdt)
+    if masked:
+        cn = torch.where(act, cn, cp)
+    tot, rownorm = _ftp_sums(gf, cn, cp, red)
+    cbuf.copy_(cn)
+    return tot, rownorm
+
+
+def ftp_project(
+    p: Tensor,
+    p0: Tensor | None,
+    cbuf: Tensor,
+    rownorm: Tensor,
+    coef: Tensor,
+    red: int,
+    masked: bool,
+) -> None:
+    """``theta = theta0 + clamp(gamma / (|c_row|_1 + 1e-8), 0, 1) * c``, in place."""
+    cdt = compute_dtype(p.dtype)
+    scale = torch.clamp(coef[:, 0:1] / rownorm, 0.0, 1.0).unsqueeze(red)
+    new = scale * cbuf.to(cdt)
+    if p0 is not None:
+        new = p0.to(cdt) + new
+    if masked:
+        new = torch.where(_k(coef, 1) > 0, new, p.to(cdt))
+    p.copy_(new)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.compile cache
+# --------------------------------------------------------------------------------------------
+
+# Keep loop-invariant per-tensor scalars and the recomputed previous weights fused into the
+# single sweep instead of materialising tensor-sized temporaries.
+_INDUCTOR_OPTIONS = {
+    "realize_opcount_threshold": 10_000,
+    "realize_reads_threshold": 10_000,
+    "realize_acc_reads_threshold": 10_000,
+}
+
+_lock = threading.Lock()
+_cache: dict[Callable, Callable] = {}
+
+
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` with dynamic shapes, cached per kernel (shared by all optimizers).
+
+    Each kernel specialises on its flags (reduction dim, masked, with_prev) and on size-1
+    dimensions, so the recompile limit is raised to fit them. If compiling fails (no C
+    compiler, an unsupported build), the kernel falls back to eager for the rest of the
+    process, with one warning: same results, only slower.
+    """
+    with _lock:
+        out = _cache.get(fn)
+        if out is None:
+            import torch._dynamo
+
+            cfg = torch._dynamo.config
+            for key in ("recompile_limit", "cache_size_limit"):
+                if hasattr(cfg, key):
+                    setattr(cfg, key, max(getattr(cfg, key), 64))
+            out = _with_eager_fallback(fn, torch.compile(fn, dynamic=True, options=dict(_INDUCTOR_OPTIONS)))
+            _cache[fn] = out
+        return out
+
+
+def _with_eager_fallback(eager: Callable, comp: Callable) -> Callable:
+    state = {"failed": False}
+
+    def run(*args, **kwargs):
+        if not state["failed"]:
+            try:
+                return comp(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
+                import warnings
+
+                state["failed"] = True
+                warnings.warn(f"torch.compile of {eager.__name__} failed ({type(exc).__name__}); running eagerly", stacklevel=2)
+        return eager(*args, **kwargs)
+
+    return run

@@ -1,0 +1,365 @@
+"""Leaderboard entries: one small JSON per (method, backbone, suite) result, validated on read and write.
+
+RobustBench style: an entry keeps the number its source reported (a paper table, or a run
+submitted with ``leaderboard add``) and, for entries that carry their full run config, every
+re-measurement made by ``leaderboard reproduce`` beside it, with the per-split differences.
+
+Per-split numbers reuse the results schema (:class:`~.schema.SplitResult`, with ``n`` optional
+because papers do not print split sizes) and :class:`~.schema.Averages`; ``metric`` names the
+``SplitResult`` field that holds the entry's headline number (``vqa_accuracy`` for the VQA
+tables, ``clipmatch_top1`` for DomainNet-oVQA, ``exact_match`` for top-1 classification
+accuracy).
+
+Where entries live (``default_dir``): ``$VQA_OOD_BENCH_LEADERBOARDS`` if set, else
+``./leaderboards`` if that folder exists, else the ``leaderboards/`` folder of the source
+checkout the package was imported from. Entries are found recursively (``**/*.json``); the
+file name (without ``.json``) must equal the entry's ``entry_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Literal, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError, DataError
+from ..io import atomic_write_text, read_json
+from .schema import Averages, RunResults, SplitResult, compute_averages
+
+ENTRY_SCHEMA_VERSION = 1
+ENV_DIR = "VQA_OOD_BENCH_LEADERBOARDS"
+
+Metric = Literal["vqa_accuracy", "exact_match", "clipmatch_top1", "clipmatch_top5"]
+Task = Literal["vqa", "image-classification", "text-classification"]
+Status = Literal["reported", "reproduced"]
+ENTRY_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+METRIC_LABELS = {
+    "vqa_accuracy": "VQA accuracy",
+    "exact_match": "top-1 accuracy",
+    "clipmatch_top1": "ClipMatch top-1",
+    "clipmatch_top5": "ClipMatch top-5",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EntrySplit(SplitResult):
+    """A results-schema split; ``n`` is optional (paper tables do not give split sizes)."""
+
+    n: Optional[int] = Field(None, ge=0)
+    label: str = ""  # the column header the source used, e.g. "VQA-Rep."
+
+
+class Reproduction(_Strict):
+    """One re-run of an entry's config and how its numbers compare with the submitted ones."""
+
+    date: str
+    package_version: str
+    git_commit: Optional[str] = None
+    device: str
+    run_dir: Optional[str] = None
+    run_id: Optional[str] = None
+    model_key: Optional[str] = None
+    tolerance: float = Field(ge=0)
+    measured: dict[str, Optional[float]]
+    diffs: dict[str, Optional[float]]  # measured − submitted, percentage points
+    within_tolerance: dict[str, bool]
+    measured_averages: Averages = Field(default_factory=Averages)
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def all_within(self) -> bool:
+        return bool(self.within_tolerance) and all(self.within_tolerance.values())
+
+    @property
+    def off_splits(self) -> list[str]:
+        return [name for name, ok in self.within_tolerance.items() if not ok]
+
+
+class LeaderboardEntry(_Strict):
+    schema_version: int = ENTRY_SCHEMA_VERSION
+    entry_id: str
+    method: str  # as the source labels it, e.g. "DiGraP (0.5)" or "vanilla"
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    backbone: str
+    adapter: str  # lora | full | none | not stated
+    task: Task = "vqa"
+    suite: str
+    suite_version: str
+    metric: Metric
+    variant: str  # scoring variant: official / lavis / lenient for VQA accuracy, or the metric's own
+    splits: dict[str, EntrySplit]
+    averages: Averages
+    status: Status
+    source: str
+    config: Optional[dict[str, Any]] = None  # full RunConfig for reproducible entries
+    package_version: Optional[str] = None
+    git_commit: Optional[str] = None
+    model_id: str
+    model_revision: Optional[str] = None
+    model_key: Optional[str] = None  # tiny model: the cache key of its pre-training
+    tiny_pretrain_steps: Optional[int] = Field(None, ge=1)
+    data: dict[str, Any] = Field(default_factory=dict)
+    tolerance: float = Field(1.0, ge=0)  # percentage points a re-run may differ by, per split
+    reproductions: list[Reproduction] = Field(default_factory=list)
+    reported_extras: dict[str, float] = Field(default_factory=dict)  # other numbers the source printed
+    notes: list[str] = Field(default_factory=list)
+
+    @field_validator("entry_id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not ENTRY_ID.match(v):
+            raise ValueError(f"entry_id {v!r} must be lower-case letters, digits, '.', '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LeaderboardEntry":
+        if self.schema_version != ENTRY_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is not supported (expected {ENTRY_SCHEMA_VERSION})")
+        if not self.splits:
+            raise ValueError("an entry needs at least one split")
+        missing = [n for n, s in self.splits.items() if getattr(s, self.metric) is None]
+        if missing:
+            raise ValueError(f"splits {missing} have no {self.metric} (the entry's metric)")
+        for name, value in self.averages.model_dump().items():
+            if value is not None and (not math.isfinite(value) or not 0 <= value <= 100):
+                raise ValueError(f"averages.{name} must be a percentage in [0, 100], got {value}")
+        if self.config is not None:
+            from ..config import RunConfig
+
+            try:
+                cfg = RunConfig.model_validate(self.config)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ValueError(f"config.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+            if cfg.suite != self.suite:
+                raise ValueError(f"config.suite {cfg.suite!r} differs from the entry's suite {self.suite!r}")
+        if self.status == "reproduced":
+            if self.config is None:
+                raise ValueError("status 'reproduced' needs the run config that was re-run")
+            if not self.reproductions or not self.reproductions[-1].all_within:
+                raise ValueError("status 'reproduced' needs a latest reproduction within tolerance")
+        return self
+
+    @property
+    def reproducible(self) -> bool:
+        return self.config is not None
+
+    def value(self, split: str) -> Optional[float]:
+        s = self.splits.get(split)
+        return None if s is None else getattr(s, self.metric)
+
+    def verdict(self) -> str:
+        """One word for tables: never re-run, reproduced, or off (the latest re-run differs)."""
+        if not self.reproductions:
+            return "not re-run" if self.reproducible else "paper"
+        return "reproduced" if self.reproductions[-1].all_within else "OFF"
+
+
+# ---------------------------------------------------------------- reading and writing
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+def read_entry(path: str | Path) -> LeaderboardEntry:
+    """Read and validate one entry; any problem raises a DataError naming the file and field."""
+    path = Path(path)
+    obj = read_json(path)
+    try:
+        entry = LeaderboardEntry.model_validate(obj)
+    except ValidationError as exc:
+        raise DataError(f"invalid leaderboard entry: {_first_error(exc)}", path=path) from None
+    if entry.entry_id != path.stem:
+        raise DataError(f"entry_id {entry.entry_id!r} does not match the file name {path.name!r}", path=path)
+    return entry
+
+
+def write_entry(entry: LeaderboardEntry, path: str | Path) -> Path:
+    """Validate again (catches edits made after construction) and write atomically."""
+    path = Path(path)
+    try:
+        validated = LeaderboardEntry.model_validate(entry.model_dump())
+    except ValidationError as exc:
+        raise DataError(f"invalid leaderboard entry: {_first_error(exc)}", path=path) from None
+    if validated.entry_id != path.stem:
+        raise DataError(f"entry_id {validated.entry_id!r} does not match the file name {path.name!r}", path=path)
+    return atomic_write_text(path, entry_json(validated) + "\n")
+
+
+def entry_json(entry: LeaderboardEntry) -> str:
+    """The entry as JSON, splits without their empty fields (so a file stays small and readable)."""
+    data = entry.model_dump(mode="json")
+    data["splits"] = {name: {k: v for k, v in s.items() if v not in (None, {}, "")} for name, s in data["splits"].items()}
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def default_dir() -> Path:
+    """``$VQA_OOD_BENCH_LEADERBOARDS``, else ``./leaderboards`` if present, else the source checkout's."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env)
+    here = Path("leaderboards")
+    if here.is_dir():
+        return here
+    bundled = Path(__file__).resolve().parents[2] / "leaderboards"
+    if bundled.is_dir():
+        return bundled
+    raise ConfigError(f"no leaderboards folder: pass --dir DIR, set ${ENV_DIR}, or run from the repository root")
+
+
+def entry_paths(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"leaderboards folder {str(folder)!r} does not exist")
+    return sorted(p for p in folder.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def load_entries(folder: str | Path, *, suite: Optional[str] = None) -> list[tuple[Path, LeaderboardEntry]]:
+    """Every entry under ``folder`` (validated), optionally of one suite; duplicate ids are an error."""
+    out: list[tuple[Path, LeaderboardEntry]] = []
+    seen: dict[str, Path] = {}
+    for path in entry_paths(folder):
+        entry = read_entry(path)
+        if entry.entry_id in seen:
+            raise DataError(f"entry_id {entry.entry_id!r} is also used by {seen[entry.entry_id]}", path=path)
+        seen[entry.entry_id] = path
+        if suite is None or entry.suite == suite:
+            out.append((path, entry))
+    return out
+
+
+def find_entry(ref: str, folder: str | Path) -> tuple[Path, LeaderboardEntry]:
+    """An entry by file path or by id."""
+    as_path = Path(ref)
+    if as_path.suffix == ".json" and as_path.is_file():
+        return as_path, read_entry(as_path)
+    for path, entry in load_entries(folder):
+        if entry.entry_id == ref:
+            return path, entry
+    raise ConfigError(f"no leaderboard entry {ref!r} in {folder} (give an entry id or a path to its JSON file)")
+
+
+def sort_key(entry: LeaderboardEntry) -> tuple:
+    """OOD average, best first; entries without one last, then by ID average."""
+    ood, idv = entry.averages.ood, entry.averages.id
+    return (ood is None, -(ood or 0.0), -(idv or 0.0), entry.entry_id)
+
+
+def by_suite(entries: Iterable[LeaderboardEntry]) -> dict[str, list[LeaderboardEntry]]:
+    """Entries grouped by suite (suites in name order), each group sorted by OOD average."""
+    groups: dict[str, list[LeaderboardEntry]] = {}
+    for e in entries:
+        groups.setdefault(e.suite, []).append(e)
+    return {s: sorted(groups[s], key=sort_key) for s in sorted(groups)}
+
+
+def split_columns(entries: Sequence[LeaderboardEntry]) -> list[str]:
+    """Split names ordered ID, near, far, each in first-seen order."""
+    order = {"id": 0, "near": 1, "far": 2}
+    seen: dict[str, tuple[int, int]] = {}
+    for e in entries:
+        for name, s in e.splits.items():
+            seen.setdefault(name, (order[s.role], len(seen)))
+    return sorted(seen, key=lambda n: seen[n])
+
+
+# ---------------------------------------------------------------- from a run
+
+
+def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float = 1.0, backbone: Optional[str] = None,
+                       model_key: Optional[str] = None, tiny_pretrain_steps: Optional[int] = None) -> LeaderboardEntry:
+    """A submitted (not yet re-measured) entry from a run's results, carrying its full config."""
+    splits = {
+        name: EntrySplit(**s.model_dump(exclude={"predictions_file"}), label=name)
+        for name, s in results.splits.items()
+    }
+    adapter = str(results.config.get("adapter", results.method_params.get("adapter", "not stated")))
+    if results.method == "zeroshot":
+        adapter = "none"
+    data = {
+        "suite": results.suite,
+        "suite_version": results.suite_version,
+        "data_root": results.config.get("data_root"),
+        "limit": results.config.get("limit"),
+        "n": {name: s.n for name, s in results.splits.items()},
+    }
+    return LeaderboardEntry(
+        entry_id=entry_id,
+        method=results.method,
+        method_params={k: v for k, v in results.method_params.items() if k not in ("fit", "adapter")},
+        backbone=backbone or (f"tiny PaliGemma ({tiny_pretrain_steps}-step pre-training)" if results.model.name_or_path == "tiny"
+                              and tiny_pretrain_steps else results.model.name_or_path),
+        adapter=adapter,
+        task="vqa",
+        suite=results.suite,
+        suite_version=results.suite_version,
+        metric="vqa_accuracy",
+        variant=results.scoring_variant,
+        splits=splits,
+        averages=compute_averages(results.splits),
+        status="reported",
+        source=f"vqa-ood-bench {results.package_version} run {results.run_id}",
+        config=results.config,
+        package_version=results.package_version,
+        git_commit=results.git_commit,
+        model_id=results.model.name_or_path,
+        model_revision=results.model.revision,
+        model_key=model_key or results.model.content_hash,
+        tiny_pretrain_steps=tiny_pretrain_steps,
+        data=data,
+        tolerance=tolerance,
+    )
+
+
+def default_entry_id(results: RunResults) -> str:
+    """``{suite}-{method}-{adapter}-{run suffix}``, lower-cased and made file-name safe."""
+    adapter = results.config.get("adapter", "lora") if results.method != "zeroshot" else "none"
+    suffix = results.run_id.rsplit("-", 1)[-1]
+    raw = f"{results.suite}-{results.method}-{adapter}-{suffix}".lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", raw).strip("-")[:128]
+
+
+# ---------------------------------------------------------------- export
+
+
+def entries_frame(entries: Sequence[LeaderboardEntry]):
+    """One row per entry: identity, averages, then one ``split:NAME`` column per split (the entry's metric)."""
+    import pandas as pd
+
+    rows = []
+    for e in entries:
+        row: dict[str, Any] = {
+            "entry_id": e.entry_id, "method": e.method, "backbone": e.backbone, "adapter": e.adapter, "task": e.task,
+            "suite": e.suite, "suite_version": e.suite_version, "metric": e.metric, "variant": e.variant,
+            "status": e.status, "verdict": e.verdict(), "source": e.source, "package_version": e.package_version,
+            "model_id": e.model_id, "tolerance": e.tolerance,
+            "avg_id": e.averages.id, "avg_near_ood": e.averages.near_ood, "avg_far_ood": e.averages.far_ood, "avg_ood": e.averages.ood,
+        }
+        for name in e.splits:
+            row[f"split:{name}"] = e.value(name)
+        rows.append(row)
+    columns = list(rows[0]) if rows else []
+    for r in rows:  # union of split columns, in first-seen order
+        columns += [c for c in r if c not in columns]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def export_json(entries: Sequence[LeaderboardEntry], path: str | Path) -> Path:
+    payload = {"schema_version": ENTRY_SCHEMA_VERSION, "entries": [e.model_dump(mode="json") for e in entries]}
+    return atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+def export_csv(entries: Sequence[LeaderboardEntry], path: str | Path) -> Path:
+    return atomic_write_text(path, entries_frame(entries).to_csv(index=False))
