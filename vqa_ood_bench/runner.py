@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .config import RunConfig, dump_config
 from .data.records import VQARecord
 from .data.suite import Suite, SplitSpec, get_suite
@@ -50,15 +50,21 @@ def peak_memory_mb() -> float:
     return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
 
 
-def load_model(config: RunConfig, log: Log, show_progress: bool = True):
-    """(model, processor, ModelInfo) for ``config.model``: the tiny embedded model or a real one."""
+def load_model(config: RunConfig, log: Log, show_progress: bool = True, *, tiny_key: Optional[str] = None):
+    """(model, processor, ModelInfo) for ``config.model``: the tiny embedded model or a real one.
+
+    ``tiny_key``: for ``tiny``, the pre-trained model a run recorded (its ``content_hash``).
+    """
     from .models.paligemma import TINY, count_parameters, load_pretrained
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
     if config.model == TINY:
         from .models.pretrain import load_tiny
 
-        model, processor, info = load_tiny(show_progress=show_progress)
+        if tiny_key:
+            model, processor, info = _tiny_from_key(tiny_key)
+        else:
+            model, processor, info = load_tiny(show_progress=show_progress)
         model.to(dtype)
         key = info["key"]
         name, content_hash = TINY, key
@@ -69,6 +75,80 @@ def load_model(config: RunConfig, log: Log, show_progress: bool = True):
     model.to(device)
     total, _ = count_parameters(model)
     return model, processor, ModelInfo(name_or_path=name, revision=config.model_revision, content_hash=content_hash, parameters=total)
+
+
+def load_run_model(run_dir: str | Path, *, device: Optional[str] = None, dtype: Optional[str] = None,
+                   log: Log = lambda s: None, show_progress: bool = True):
+    """(model, processor, RunResults) of a finished run folder: the model its predictions came from.
+
+    Rebuilds what :func:`run_benchmark` evaluated, from the run's own record: the config stored in
+    ``results.json``, the pre-trained model (for ``tiny``, the exact cached pre-training the run
+    used, found by ``results.model.content_hash``), the method's ``prepare`` (e.g. the LoRA
+    wrapper), the trained tensors from ``trained_state.pt`` and the method's ``finalize`` (e.g.
+    WiSE-FT's weight averaging). A method that does not train (zero-shot) gives the pre-trained
+    model. ``device`` / ``dtype`` override the run's settings (a GPU run read on a CPU machine).
+    """
+    from .report.schema import read_results
+
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a finished run folder (no results.json)")
+    results = read_results(results_path)
+    if not results.config:
+        raise ConfigError(f"{results_path} records no run config; cannot rebuild the run's model (pass --model ENCODER)")
+    overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    from pydantic import ValidationError
+
+    try:
+        config = RunConfig.model_validate({**results.config, **overrides})
+    except ValidationError as exc:  # an old or edited config
+        raise ConfigError(f"{results_path}: the stored run config is not valid for this version ({str(exc).splitlines()[0]})") from None
+    method = get_method(config.method, **config.method_params)
+    trained = run_dir / "trained_state.pt"
+    if method.trains and not trained.is_file():
+        raise ConfigError(f"run folder {str(run_dir)!r} has no trained_state.pt: the fine-tuned weights of this {method.name} run are missing")
+
+    torch.manual_seed(config.seed)
+    model, processor, info = load_model(config, log, show_progress, tiny_key=results.model.content_hash)
+    ctx = MethodContext(config=config, processor=processor, run_dir=run_dir)
+    model = method.prepare(model, ctx)
+    ctx.pretrained_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    if method.trains:
+        _load_trainable(model, trained)
+        log(f"loaded the fine-tuned weights from {trained}")
+    model = method.finalize(model, ctx)
+    model.eval()
+    return model, processor, results
+
+
+def _tiny_from_key(key: str):
+    """The cached tiny pre-trained model a run recorded as ``model.content_hash``.
+
+    The recorded key is ``pretrain.json``'s ``key`` (older caches wrote the temporary folder's name
+    there, newer ones the recipe hash in the cache folder's name), so the cache is searched for any
+    of them. A run made with another pre-training recipe (``VQA_OOD_BENCH_PRETRAIN_STEPS``) must not
+    be rebuilt on a different base model: its LoRA adapters would sit on the wrong weights.
+    """
+    from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+
+    from .cache import cache_dir
+
+    models = cache_dir() / "models"
+    for info_path in sorted(models.glob("*/pretrain.json")) if models.is_dir() else []:
+        try:
+            saved = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if key not in (saved.get("key"), info_path.parent.name, info_path.parent.name.rsplit("-", 1)[-1]):
+            continue
+        folder = info_path.parent  # load exactly these weights (load_tiny would re-derive the folder from versions)
+        return (PaliGemmaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32),
+                PaliGemmaProcessor.from_pretrained(folder), saved)
+    raise ConfigError(
+        f"the run's tiny pre-trained model ({key}) is not in the cache {models}; "
+        "set VQA_OOD_BENCH_CACHE (and VQA_OOD_BENCH_PRETRAIN_STEPS) as for the run"
+    )
 
 
 def records_to_examples(records: list[VQARecord], prompt: str):
@@ -95,27 +175,36 @@ def run_benchmark(
     method = get_method(config.method, **config.method_params)
     method.check(config)
     suite: Suite = get_suite(config.suite)
-    run_dir = ensure_writable_dir(out_dir or new_run_dir(method=config.method))
+    # Under torchrun / accelerate launch every process runs this function; only rank 0 writes run files.
+    distributed.init_from_env()
+    main = distributed.is_main()
+    run_dir = ensure_writable_dir(distributed.broadcast(str(out_dir or new_run_dir(method=config.method))))
     config_text = dump_config(config)
     previous = run_dir / "config.yaml"
     if previous.is_file() and previous.read_text() != config_text:
         raise ConfigError(f"{run_dir} holds a run with a different configuration; resume with the same options or choose a new --out")
-    atomic_write_text(previous, config_text)
+    if main:
+        atomic_write_text(previous, config_text)
     torch.manual_seed(config.seed)
 
     # 1. data (the embedded suite builds itself on first use)
     t = time.perf_counter()
     log(f"suite {suite.name} v{suite.version}: loading splits")
-    eval_records = {spec.name: suite.load(spec, config.data_root, limit=config.limit) for spec in suite.evaluation}
+    with distributed.main_first():  # rank 0 builds the shared caches (embedded suite) alone
+        eval_records = {spec.name: suite.load(spec, config.data_root, limit=config.limit) for spec in suite.evaluation}
     timings["data_s"] = time.perf_counter() - t
 
     # 2. model
     t = time.perf_counter()
-    model, processor, model_info = load_model(config, log, show_progress)
+    with distributed.main_first():  # the tiny model pre-trains once, then every rank loads the same one
+        model, processor, model_info = load_model(config, log, show_progress)
     timings["model_s"] = time.perf_counter() - t
 
     # 3. train
-    ctx = MethodContext(config=config)
+    ctx = MethodContext(config=config, processor=processor, run_dir=run_dir)
+    # Re-seed: building a cache above (suite, tiny pre-training) draws random numbers, and the
+    # adapters' initialisation must not depend on whether this process happened to build it.
+    torch.manual_seed(config.seed)
     model = method.prepare(model, ctx)
     ctx.pretrained_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     fit_info: dict = {}
@@ -128,8 +217,9 @@ def run_benchmark(
         t = time.perf_counter()
         fit_info = _train(model, processor, suite, config, method, ctx, run_dir, show_progress=show_progress)
         timings["train_s"] = time.perf_counter() - t
-        _save_trainable(model, trained)
-        atomic_write_json(run_dir / "fit.json", fit_info)
+        if main:
+            _save_trainable(model, trained)
+            atomic_write_json(run_dir / "fit.json", fit_info)
     model = method.finalize(model, ctx)
     from .models.paligemma import count_parameters
 
@@ -159,7 +249,9 @@ def run_benchmark(
         timings={k: round(v, 2) for k, v in timings.items()},
         peak_memory_mb=round(peak_memory_mb(), 1),
     )
-    write_results(results, run_dir / "results.json")
+    if main:
+        write_results(results, run_dir / "results.json")
+    distributed.barrier()  # no process exits before the results are written
     return results
 
 
@@ -192,6 +284,7 @@ def _train(model, processor, suite: Suite, config: RunConfig, method, ctx: Metho
     if not train_records:
         raise ConfigError(f"suite {suite.name!r}: the training split is empty")
     val_images = [r.load_image() for r in val_records]
+    ctx.train_size = len(train_records)  # lets per-step logs (DiGraP's omega) convert steps to epochs
 
     def validate(m) -> float:
         preds: list[str] = []
@@ -207,14 +300,16 @@ def _train(model, processor, suite: Suite, config: RunConfig, method, ctx: Metho
         optimizer_factory=method.optimizer_factory(ctx), step_hooks=method.step_hooks(ctx),
         validate=validate if val_records else None, description=f"fine-tuning ({method.name}, {config.adapter})",
         show_progress=show_progress, bf16=config.dtype == "bfloat16",
+        resume=True, method_name=method.name,  # continue from run_dir/checkpoints when save_steps left one
     )
-    atomic_write_json(run_dir / "train_history.json", result.history)
+    if distributed.is_main():
+        atomic_write_json(run_dir / "train_history.json", result.history)
     return {"steps": result.steps, "seconds": round(result.seconds, 1), "final_loss": result.final_loss,
             "best_validation": result.best_validation, "best_step": result.best_step, "train_records": len(train_records)}
 
 
 def _predict_and_score(model, processor, suite: Suite, eval_records: dict[str, list[VQARecord]], config: RunConfig, run_dir: Path, show_progress: bool):
-    from .predict.generate import predict_records
+    from .predict.sharded import predict_sharded
     from .score.vqa_accuracy import score_records
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -228,7 +323,7 @@ def _predict_and_score(model, processor, suite: Suite, eval_records: dict[str, l
             rel = f"predictions/{spec.name}.jsonl"
             task = progress.add_task(spec.name, total=len(records))
             t = time.perf_counter()
-            preds = predict_records(model, processor, records, run_dir / rel, prompt=config.prompt, batch_size=config.eval_batch_size,
+            preds = predict_sharded(model, processor, records, run_dir / rel, prompt=config.prompt, batch_size=config.eval_batch_size,
                                     max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, progress=progress, task=task)
             t_pred += time.perf_counter() - t
             t = time.perf_counter()

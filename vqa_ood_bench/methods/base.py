@@ -9,6 +9,7 @@ only where their papers say they differ.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -20,10 +21,18 @@ from ..registry import Registry
 
 @dataclass
 class MethodContext:
-    """What a method may look at: the run's config and the model before any training."""
+    """What a method may look at: the run's config and the model before any training.
+
+    ``processor`` (for methods that build batches of their own, e.g. TPGM's validation batch),
+    ``run_dir`` (for methods that log per step, e.g. DiGraP's omega) and ``train_size`` (number
+    of training examples, to turn steps into epochs) are set by the runner when it has them.
+    """
 
     config: RunConfig
     pretrained_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    processor: Any = None
+    run_dir: Optional[Path] = None
+    train_size: Optional[int] = None
 
 
 class Method:
@@ -87,6 +96,16 @@ def get_method(name: str, **params: Any) -> Method:
 def method_names() -> list[str]:
     _import_builtin_methods()
     return METHODS.names()
+
+
+# The order of the paper's tables (zero-shot first, vanilla the reference, DiGraP last).
+PAPER_ORDER = ("zeroshot", "vanilla", "linear-probe", "lp-ft", "wise-ft", "l2-sp", "mars-sp", "tpgm", "ftp", "digrap")
+
+
+def sweep_order() -> list[str]:
+    """Every registered method, in the paper's table order (others after, alphabetically)."""
+    names = method_names()
+    return [n for n in PAPER_ORDER if n in names] + [n for n in names if n not in PAPER_ORDER]
 
 
 def _import_builtin_methods() -> None:
