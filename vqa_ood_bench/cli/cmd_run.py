@@ -15,12 +15,14 @@ from .app import app
 from .options import DataRootOpt, JsonOpt, LimitOpt, ModelOpt, OutOpt, SeedOpt, VariantOpt
 
 DEFAULT_METHOD = "vanilla"
+ALL = "all"
+BASELINE = "vanilla"
 
 
 @app.command("run")
 def run(
     ctx: typer.Context,
-    method: Annotated[str, typer.Option("--method", help="Fine-tuning method (zeroshot, vanilla, …).")] = DEFAULT_METHOD,
+    method: Annotated[str, typer.Option("--method", help="Fine-tuning method (zeroshot, vanilla, …), or 'all': every method into OUT/<method>/ and a table with ΔID/ΔOOD vs vanilla.")] = DEFAULT_METHOD,
     adapter: Annotated[str, typer.Option("--adapter", help="lora or full fine-tuning.")] = "lora",
     model: ModelOpt = "tiny",
     suite: Annotated[str, typer.Option("--suite", help="Benchmark suite: embedded (default), paper-vqa, domainnet-ovqa.")] = "embedded",
@@ -43,8 +45,8 @@ def run(
     from ..score.vqa_accuracy import VARIANTS
 
     # Validate names before any slow work, with the known names in the message.
-    if method not in method_names():
-        raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}")
+    if method != ALL and method not in method_names():
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}, or {ALL}")
     if suite not in suite_names():
         raise ConfigError(f"unknown suite {suite!r}; known: {', '.join(suite_names())}")
     if variant not in VARIANTS:
@@ -55,6 +57,7 @@ def run(
         raise ConfigError(f"--data-root {str(data_root)!r} is not a folder")
 
     cfg = load_config(config) if config else default_config()
+    config_method = cfg.method  # under --method all, the config's method_params belong to this method
     given = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     overrides = {
         "method": method, "adapter": adapter, "model": model, "suite": suite, "seed": seed, "scoring_variant": variant,
@@ -69,6 +72,9 @@ def run(
 
     err = Console(stderr=True)
     log = (lambda s: None) if as_json else (lambda s: err.print(f"[dim]{s}[/dim]"))
+    if method == ALL:
+        run_sweep(cfg, out, log=log, as_json=as_json, params_for=config_method)
+        return
     results = run_benchmark(cfg, out, log=log, show_progress=not as_json)
     if as_json:
         typer.echo(results.model_dump_json(indent=2))
@@ -78,6 +84,40 @@ def run(
     run_dir = Path(out) if out else None
     where = run_dir or Path("runs") / results.run_id
     console.print(f"results: {where / 'results.json'}  ·  total {results.timings.get('total_s', 0):.0f} s  ·  peak memory {results.peak_memory_mb:.0f} MB")
+
+
+def run_sweep(cfg, out: Optional[Path], *, log, as_json: bool, params_for: Optional[str] = None) -> None:
+    """``run --method all``: every method into ``OUT/<method>/`` (each a normal, resumable run
+    folder), then the paper-form table with ΔID / ΔOOD (%) against vanilla and ``OUT/sweep.json``."""
+    from ..io import atomic_write_json, ensure_writable_dir
+    from ..methods.base import get_method, sweep_order
+    from ..report.table import deltas, find_baseline, results_table
+    from ..runner import new_run_dir, run_benchmark
+
+    base = ensure_writable_dir(out or new_run_dir(method=ALL))
+    runs = []
+    for name in sweep_order():
+        # method_params of a config file belong to the method that file names, not to the others
+        params = cfg.method_params if name == params_for else {}
+        if cfg.adapter not in get_method(name, **params).adapters:
+            log(f"{name}: skipped (no {cfg.adapter} variant)")
+            continue
+        log(f"[{len(runs) + 1}] {name} ({cfg.adapter}) → {base / name}")
+        runs.append(run_benchmark(cfg.model_copy(update={"method": name, "method_params": params}), base / name,
+                                  log=log, show_progress=not as_json))
+    reference = find_baseline(runs, BASELINE, cfg.adapter)
+    summary = {
+        "baseline": BASELINE, "adapter": cfg.adapter, "suite": cfg.suite,
+        "methods": {r.method: {"results": f"{r.method}/results.json", "averages": r.averages.model_dump(),
+                               "delta_id_pct": deltas(r, reference)[0], "delta_ood_pct": deltas(r, reference)[1]} for r in runs},
+    }
+    atomic_write_json(base / "sweep.json", summary)
+    if as_json:
+        typer.echo(json.dumps({"out": str(base), **summary}, indent=2))
+        return
+    console = wide_console()
+    console.print(results_table(runs, delta_baseline=BASELINE))
+    console.print(f"results: {base}/<method>/results.json  ·  summary: {base / 'sweep.json'}")
 
 
 def wide_console() -> Console:
