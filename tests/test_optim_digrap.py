@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures.optim_reference import RefOptimizer, resumed_twin, rows
 from vqa_ood_bench.errors import ConfigError
-from vqa_ood_bench.optim import DiGraP, state_bytes
+from vqa_ood_bench.optim import DiGraP, param_groups_from_model, state_bytes
 
 # bucketed small tensors (several of one shape, short-row LoRA-B shapes), 1-D, 0-d, 4-D, and
 # one tensor large enough to be processed in place
@@ -24,71 +25,40 @@ BASES = {
 }
 
 
-def rows(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(1, -1) if t.dim() <= 1 else t.reshape(t.shape[0], -1)
-
-
-class RefDiGraP:
+class RefDiGraP(RefOptimizer):
     """The spec's per-step algorithm, one tensor at a time, in float64, storing P_prev."""
 
-    def __init__(self, params, anchors, *, lr, mu, omega=None, two_sided=None, base="adam", betas=(0.9, 0.999),
-                 eps=1e-8, weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False):
-        self.p = [x.detach().double().clone() for x in params]
-        self.p0 = [None if a is None else a.double().clone() for a in anchors]
-        self.kw = dict(lr=lr, mu=mu, omega=omega, lam=two_sided, base=base, betas=betas, eps=eps, wd=weight_decay,
-                       momentum=momentum, dampening=dampening, nesterov=nesterov)
-        self.st = [dict(t=0, om=0.0, om_m=0.0, om_v=0.0, P=None, m=torch.zeros_like(x), v=torch.zeros_like(x), buf=None)
-                   for x in self.p]
+    def __init__(self, params, anchors, *, omega=None, two_sided=None, **options):
+        super().__init__(params, anchors, omega=omega, lam=two_sided, **options)
 
-    def step(self, grads):
-        k = self.kw
-        for i, g in enumerate(grads):
-            if g is None:
-                continue
-            s, p, g = self.st[i], self.p[i], g.double()
-            s["t"] += 1
-            t = s["t"]
-            D = p - self.p0[i] if self.p0[i] is not None else p.clone()
-            d = float((g * D).sum())
-            P = d / (float((D * D).sum()) + 1e-8) * D
-            if k["omega"] is not None:
-                om = k["omega"]
-            elif t == 1:
-                om = 0.0
-            else:
-                h = float((F.normalize(rows(g), dim=1, eps=1e-12) * F.normalize(rows(s["P"]), dim=1, eps=1e-12)).sum())
-                s["om_m"] = 0.9 * s["om_m"] + 0.1 * h
-                s["om_v"] = 0.999 * s["om_v"] + 0.001 * h * h
-                mhat, vhat = s["om_m"] / (1 - 0.9**t), s["om_v"] / (1 - 0.999**t)
-                om = min(1.0, max(0.0, s["om"] - k["mu"] * mhat / (math.sqrt(vhat) + 1e-8)))
-            s["om"] = om
-            conflict = d < 0
-            ga = g - om * P if conflict else g.clone()
-            if k["lam"] is not None:
-                reg = k["lam"] * D
-                if conflict:
-                    reg = reg - om * k["lam"] * d / (float((g * g).sum()) + 1e-8) * g
-                ga = ga + reg
-            s["P"] = P
-            self._base(p, ga, s, t)
+    def initial_state(self, x):
+        return dict(om=0.0, om_m=0.0, om_v=0.0, P=None)
 
-    def _base(self, p, g, s, t):
+    def tensor_step(self, i, s, p, g, t):
         k = self.kw
-        if k["base"] == "sgd":
-            g = g + k["wd"] * p
-            if k["momentum"]:
-                s["buf"] = g.clone() if s["buf"] is None else k["momentum"] * s["buf"] + (1 - k["dampening"]) * g
-                g = g + k["momentum"] * s["buf"] if k["nesterov"] else s["buf"]
-            p -= k["lr"] * g
-            return
-        b1, b2 = k["betas"]
-        if k["base"] == "adamw":
-            p *= 1 - k["lr"] * k["wd"]
+        D = p - self.p0[i] if self.p0[i] is not None else p.clone()
+        d = float((g * D).sum())
+        P = d / (float((D * D).sum()) + 1e-8) * D
+        if k["omega"] is not None:
+            om = k["omega"]
+        elif t == 1:
+            om = 0.0
         else:
-            g = g + k["wd"] * p
-        s["m"] = b1 * s["m"] + (1 - b1) * g
-        s["v"] = b2 * s["v"] + (1 - b2) * g * g
-        p -= k["lr"] / (1 - b1**t) * s["m"] / ((s["v"] / (1 - b2**t)).sqrt() + k["eps"])
+            h = float((F.normalize(rows(g), dim=1, eps=1e-12) * F.normalize(rows(s["P"]), dim=1, eps=1e-12)).sum())
+            s["om_m"] = 0.9 * s["om_m"] + 0.1 * h
+            s["om_v"] = 0.999 * s["om_v"] + 0.001 * h * h
+            mhat, vhat = s["om_m"] / (1 - 0.9**t), s["om_v"] / (1 - 0.999**t)
+            om = min(1.0, max(0.0, s["om"] - k["mu"] * mhat / (math.sqrt(vhat) + 1e-8)))
+        s["om"] = om
+        conflict = d < 0
+        ga = g - om * P if conflict else g.clone()
+        if k["lam"] is not None:
+            reg = k["lam"] * D
+            if conflict:
+                reg = reg - om * k["lam"] * d / (float((g * g).sum()) + 1e-8) * g
+            ga = ga + reg
+        s["P"] = P
+        p.copy_(self.base_update(p, ga, s, t))
 
 
 def make_params(dtype=torch.float64, seed=0, shapes=SHAPES):
@@ -286,30 +256,9 @@ def test_state_dict_round_trip_resumes_bit_identically(base):
     kw = dict(lr=0.05, mu=0.5, **BASES[base])
     params = make_params()
     anchors = [p.detach().clone() for p in params]
-    opt = DiGraP(params, **kw)
-    gen = torch.Generator().manual_seed(6)
-
-    def run(ps, o, n, g):
-        for _ in range(n):
-            for p, gr in zip(ps, grads_for(ps, anchors, g)):
-                p.grad = gr
-            o.step()
-
-    run(params, opt, 5, gen)
-    saved_sd = copy.deepcopy(opt.state_dict())
-    saved_params = [p.detach().clone() for p in params]
-    saved_gen = gen.get_state()
-    run(params, opt, 5, gen)
-
-    params2 = [torch.nn.Parameter(torch.randn(p.shape, dtype=p.dtype)) for p in params]  # wrong anchors on purpose
-    opt2 = DiGraP(params2, **kw)
-    opt2.load_state_dict(saved_sd)
-    with torch.no_grad():
-        for p2, s in zip(params2, saved_params):
-            p2.copy_(s)
-    gen2 = torch.Generator()
-    gen2.set_state(saved_gen)
-    run(params2, opt2, 5, gen2)
+    opt, params2, opt2 = resumed_twin(
+        lambda ps: DiGraP(ps, **kw), params, lambda ps, g: grads_for(ps, anchors, g), steps=5, seed=6
+    )
     for p, p2 in zip(params, params2):
         assert torch.equal(p, p2)
     assert opt.omegas() == opt2.omegas()
@@ -371,3 +320,26 @@ def test_compiled_kernels_match_eager():
         comp.step()
     for pa, pb in zip(a, b):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"exclude": [r"^1\."]}, {"omega": 0.0}])
+def test_resume_with_plain_step_tensors(kwargs):
+    """Excluded tensors (and omega=0) take torch's own Adam step; their step counter must
+    survive a state_dict round trip (it used to come back as a float and crash the next step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    twin = copy.deepcopy(model)
+    groups = lambda m: param_groups_from_model(m, exclude=kwargs.get("exclude", ()), lr=1e-2)
+    extra = {k: v for k, v in kwargs.items() if k != "exclude"}
+    opt, opt2 = DiGraP(groups(model), **extra), DiGraP(groups(twin), **extra)
+    x = torch.randn(8, 3)
+    for step in range(4):
+        for m, o in ((model, opt), (twin, opt2)):
+            m(x).pow(2).mean().backward()
+            o.step()
+            o.zero_grad()
+        if step == 1:
+            opt2 = DiGraP(groups(twin), **extra)
+            opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)

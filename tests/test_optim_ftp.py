@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 
+from fixtures.optim_reference import RefOptimizer, resumed_twin, rows
 from vqa_ood_bench.errors import ConfigError
 from vqa_ood_bench.optim import FTP
 
@@ -20,64 +20,34 @@ BASES = {
 }
 
 
-def rows(t):
-    return t.reshape(1, -1) if t.dim() <= 1 else t.reshape(t.shape[0], -1)
+class RefFTP(RefOptimizer):
+    def __init__(self, params, anchors, *, k=1.0, mu=1e-2, base="adamw", **options):
+        super().__init__(params, anchors, k=k, mu=mu, base=base, **options)
 
+    def initial_state(self, x):
+        return dict(gam=0.0, gm=0.0, gv=0.0, cprev=torch.zeros_like(x))
 
-class RefFTP:
-    def __init__(self, params, anchors, *, lr, k=1.0, mu=1e-2, base="adamw", betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False):
-        self.p = [x.detach().double().clone() for x in params]
-        self.p0 = [None if a is None else a.double().clone() for a in anchors]
-        self.kw = dict(lr=lr, k=k, mu=mu, base=base, betas=betas, eps=eps, wd=weight_decay, momentum=momentum,
-                       dampening=dampening, nesterov=nesterov)
-        self.st = [dict(t=0, gam=0.0, gm=0.0, gv=0.0, cprev=torch.zeros_like(x), m=torch.zeros_like(x),
-                        v=torch.zeros_like(x), buf=None) for x in self.p]
-
-    def step(self, grads):
+    def tensor_step(self, i, s, p, g, t):
         k = self.kw
-        for i, g in enumerate(grads):
-            if g is None:
-                continue
-            s, p, g = self.st[i], self.p[i], g.double()
-            s["t"] += 1
-            t = s["t"]
-            new = self._base(p.clone(), g, s, t)
-            c = new - self.p0[i] if self.p0[i] is not None else new
-            n = rows(c).abs().sum(1) + 1e-8
-            if t == 1:
-                gam = 1e-8
-            else:
-                nprev = rows(s["cprev"]).abs().sum(1) + 1e-8
-                gg = float(((rows(g) * rows(s["cprev"])).sum(1) / nprev).sum())
-                if gg > 0:
-                    gg *= k["k"]
-                s["gm"] = 0.9 * s["gm"] + 0.1 * gg
-                s["gv"] = 0.999 * s["gv"] + 0.001 * gg * gg
-                gam = s["gam"] - k["mu"] * (s["gm"] / (1 - 0.9**t)) / (math.sqrt(s["gv"] / (1 - 0.999**t)) + 1e-8)
-                gam = min(max(gam, 1e-8), float(n.max()))
-            s["gam"] = gam
-            scale = torch.clamp(gam / n, 0, 1).unsqueeze(1)
-            proj = (rows(c) * scale).view_as(p)
-            p.copy_(proj + self.p0[i] if self.p0[i] is not None else proj)
-            s["cprev"] = c
-
-    def _base(self, p, g, s, t):
-        k = self.kw
-        if k["base"] == "sgd":
-            g = g + k["wd"] * p
-            if k["momentum"]:
-                s["buf"] = g.clone() if s["buf"] is None else k["momentum"] * s["buf"] + (1 - k["dampening"]) * g
-                g = g + k["momentum"] * s["buf"] if k["nesterov"] else s["buf"]
-            return p - k["lr"] * g
-        b1, b2 = k["betas"]
-        if k["base"] == "adamw":
-            p = p * (1 - k["lr"] * k["wd"])
+        new = self.base_update(p, g, s, t)
+        c = new - self.p0[i] if self.p0[i] is not None else new
+        n = rows(c).abs().sum(1) + 1e-8
+        if t == 1:
+            gam = 1e-8
         else:
-            g = g + k["wd"] * p
-        s["m"] = b1 * s["m"] + (1 - b1) * g
-        s["v"] = b2 * s["v"] + (1 - b2) * g * g
-        return p - k["lr"] / (1 - b1**t) * s["m"] / ((s["v"] / (1 - b2**t)).sqrt() + k["eps"])
+            nprev = rows(s["cprev"]).abs().sum(1) + 1e-8
+            gg = float(((rows(g) * rows(s["cprev"])).sum(1) / nprev).sum())
+            if gg > 0:
+                gg *= k["k"]
+            s["gm"] = 0.9 * s["gm"] + 0.1 * gg
+            s["gv"] = 0.999 * s["gv"] + 0.001 * gg * gg
+            gam = s["gam"] - k["mu"] * (s["gm"] / (1 - 0.9**t)) / (math.sqrt(s["gv"] / (1 - 0.999**t)) + 1e-8)
+            gam = min(max(gam, 1e-8), float(n.max()))
+        s["gam"] = gam
+        scale = torch.clamp(gam / n, 0, 1).unsqueeze(1)
+        proj = (rows(c) * scale).view_as(p)
+        p.copy_(proj + self.p0[i] if self.p0[i] is not None else proj)
+        s["cprev"] = c
 
 
 def make_params(dtype=torch.float64, seed=0):
@@ -162,24 +132,10 @@ def test_excluded_head_takes_the_plain_step():
 def test_state_dict_round_trip_resumes_bit_identically():
     kw = dict(lr=0.05, mu=0.05, base="adamw", weight_decay=0.1)
     params = make_params()
-    opt = FTP(params, **kw)
-    gen = torch.Generator().manual_seed(3)
-
-    def run(ps, o, n, g):
-        for _ in range(n):
-            for p in ps:
-                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
-            o.step()
-
-    run(params, opt, 4, gen)
-    sd, saved, gstate = copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params], gen.get_state()
-    run(params, opt, 4, gen)
-    params2 = [torch.nn.Parameter(s.clone()) for s in saved]
-    opt2 = FTP(params2, **kw)
-    opt2.load_state_dict(sd)
-    gen2 = torch.Generator()
-    gen2.set_state(gstate)
-    run(params2, opt2, 4, gen2)
+    _, params2, _ = resumed_twin(
+        lambda ps: FTP(ps, **kw), params,
+        lambda ps, g: [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in ps], steps=4, seed=3,
+    )
     for p, p2 in zip(params, params2):
         assert torch.equal(p, p2)
 

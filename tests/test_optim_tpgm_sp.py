@@ -7,25 +7,16 @@ import copy
 import pytest
 import torch
 
+from fixtures.optim_reference import base_step, rows
 from vqa_ood_bench.errors import ConfigError
 from vqa_ood_bench.optim import L2SP, MARSSP, TPGM
 
 SHAPES = [(6, 5), (5,), (3, 2, 2), (40, 4)]
 
 
-def rows(t):
-    return t.reshape(1, -1) if t.dim() <= 1 else t.reshape(t.shape[0], -1)
-
-
 def make_params(seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in SHAPES]
-
-
-def ref_adam(p, g, s, t, lr, b1=0.9, b2=0.999, eps=1e-8):
-    s["m"] = b1 * s.get("m", 0) + (1 - b1) * g
-    s["v"] = b2 * s.get("v", 0) + (1 - b2) * g * g
-    return p - lr / (1 - b1**t) * s["m"] / ((s["v"] / (1 - b2**t)).sqrt() + eps)
 
 
 @pytest.mark.parametrize("anchor", ["pretrained", "origin"])
@@ -40,7 +31,7 @@ def test_l2sp_matches_reference(anchor):
         for i, p in enumerate(params):
             g = torch.randn(p.shape, generator=gen, dtype=p.dtype)
             p.grad = g.clone()
-            ref[i] = ref_adam(ref[i], g + 0.7 * (ref[i] - p0[i]), st[i], t, 0.05)
+            ref[i] = base_step(ref[i], g + 0.7 * (ref[i] - p0[i]), st[i], t, {"lr": 0.05, "base": "adam"})
         opt.step()
     for p, r in zip(params, ref):
         torch.testing.assert_close(p.detach(), r, rtol=1e-12, atol=1e-13)

@@ -8,44 +8,20 @@ absent (``None``: the tensor takes the plain base step and is never regularised)
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from ._common import (
-    check_base_hparams,
-    check_group_tensors,
-    collect_grads,
-    init_plain_state,
-    param_name,
-    plain_step,
-    split_param_groups,
-    state_bytes,
-)
+from ._base import RobustOptimizer
+from ._common import anchored_params, collect_grads, run_closure
 
 
-class AnchoredBase(Optimizer):
+class AnchoredBase(RobustOptimizer):
     """Torch's Adam / AdamW / SGD step plus per-tensor anchors (see the module docstring)."""
 
-    def __init__(
-        self,
-        params: Any,
-        defaults: dict[str, Any],
-        *,
-        base: str,
-        exclude: Sequence[str],
-        foreach: bool | None,
-        fused: bool | None,
-    ):
-        self.base = base
-        self._foreach = foreach
-        self._fused = fused
-        super().__init__(split_param_groups(params, exclude), defaults)
+    def _setup(self) -> None:
         for group in self.param_groups:
-            check_base_hparams(base, group)
-            check_group_tensors(group)
             if group["anchor"] == "pretrained":
                 for p in group["params"]:
                     self.state[p]["anchor"] = p.detach().clone(memory_format=torch.contiguous_format)
@@ -61,29 +37,11 @@ class AnchoredBase(Optimizer):
 
     def anchored(self) -> Iterator[tuple[dict[str, Any], str | int, Tensor]]:
         """``(group, name or flat index, tensor)`` of every tensor that has an anchor."""
-        flat = 0
-        for group in self.param_groups:
-            if group["anchor"] is not None:
-                for i, p in enumerate(group["params"]):
-                    yield group, param_name(group, i, flat + i), p
-            flat += len(group["params"])
-
-    def base_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        states = []
-        for p in params:
-            init_plain_state(self.state[p], p, self.base, bool(self._fused))
-            states.append(self.state[p])
-        plain_step(self.base, group, params, grads, states, foreach=self._foreach, fused=self._fused)
-
-    def state_bytes(self) -> int:
-        return state_bytes(self)
+        return anchored_params(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             params, grads = collect_grads(group["params"])
             if not params:

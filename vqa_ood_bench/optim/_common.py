@@ -44,7 +44,7 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -182,6 +182,20 @@ def param_name(group: dict[str, Any], i: int, flat_index: int) -> str | int:
     return names[i] if names is not None else flat_index
 
 
+def anchored_params(param_groups: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str | int, Tensor]]:
+    """``(group, name or flat index, tensor)`` of every tensor that has an anchor.
+
+    The flat index is the tensor's position across all groups (as in ``state_dict()``), so
+    keys stay stable when a group has ``anchor=None``.
+    """
+    flat = 0
+    for group in param_groups:
+        if group["anchor"] is not None:
+            for i, p in enumerate(group["params"]):
+                yield group, param_name(group, i, flat + i), p
+        flat += len(group["params"])
+
+
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of ``optimizer.state`` tensors, each storage counted once (bucketed state entries
     are views of one shared buffer). Works for any torch optimizer."""
@@ -251,6 +265,11 @@ def plain_step(
                 s["momentum_buffer"] = b
         return
     b1, b2 = group["betas"]
+    for s, p in zip(states, params):
+        # A state_dict load carries per-tensor scalars as Python floats (see scalars_to_python);
+        # torch's Adam wants its step counter as a singleton tensor again.
+        if not isinstance(s["step"], Tensor):
+            s["step"] = torch.tensor(float(s["step"]), dtype=scalar_dtype(bool(fused)), device=p.device if fused else "cpu")
     adam_functional(
         params,
         grads,
@@ -269,6 +288,14 @@ def plain_step(
         eps=group["eps"],
         maximize=False,
     )
+
+
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """``closure()`` with gradients enabled (``step`` runs under ``no_grad``); ``None`` if none."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def collect_grads(params: Iterable[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -357,6 +384,19 @@ class Bucket:
 
     def member_views(self, name: str) -> list[Tensor]:
         return self.views_of(self.bufs[name])
+
+    def rows_of(self, table: Tensor, dtype: torch.dtype) -> Tensor:
+        """This bucket's members' rows of a per-tensor ``(n_layout, K)`` table, as ``dtype``."""
+        return table[self.slots.start : self.slots.stop].to(dtype)
+
+
+@dataclass
+class Gathered:
+    """One step's inputs of a layout: per bucket ``(g, p, active members)`` or ``None``."""
+
+    blocks: list[tuple[Tensor, Tensor, list[int]] | None]
+    active: Tensor  # (n,) bool on the layout's device: the tensor has a gradient this step
+    any_idle: bool  # some tensor has no gradient (its per-tensor scalars must not move)
 
 
 class Layout:
@@ -488,12 +528,21 @@ class Layout:
 
     # ---- per-step gathering ---------------------------------------------------------------
 
-    def active_mask(self) -> Tensor:
-        flags = [p.grad is not None for p in self.params_in_slot_order()]
-        return torch.tensor(flags, dtype=torch.bool).to(self.device, non_blocking=True)
+    def gather_all(self) -> Gathered | None:
+        """:meth:`gather` every bucket; ``None`` when no tensor of the layout has a gradient."""
+        blocks = [self.gather(b) for b in self.buckets]
+        if all(x is None for x in blocks):
+            return None
+        flags = [p.grad is not None for b in self.buckets for p in b.params]
+        return Gathered(blocks, torch.tensor(flags, dtype=torch.bool).to(self.device), not all(flags))
 
-    def params_in_slot_order(self) -> list[Tensor]:
-        return [p for b in self.buckets for p in b.params]
+    def commit(self, step: Gathered, new: dict[str, Tensor]) -> None:
+        """Store the per-tensor scalars computed by a step (tensors without a gradient keep
+        theirs) and count the step."""
+        for name, value in new.items():
+            old = self.scalars[name]
+            old.copy_(torch.where(step.active, value, old) if step.any_idle else value)
+        self.steps_taken += 1
 
     def gather(self, b: Bucket) -> tuple[Tensor, Tensor, list[int]] | None:
         """``(g, p, active members)`` as ``(n, X, Y)``; ``None`` when no member has a gradient."""

@@ -53,6 +53,39 @@ def _delta(pf: Tensor, p0: Tensor | None, cdt: torch.dtype) -> Tensor:
     return pf - p0.to(cdt) if p0 is not None else pf
 
 
+def _adam_moments(gp: Tensor, mf: Tensor, vf: Tensor, beta1: float, beta2: float) -> tuple[Tensor, Tensor]:
+    """Adam's new first and second moments for the applied gradient ``gp``."""
+    return mf + (gp - mf) * (1.0 - beta1), vf * beta2 + gp * gp * (1.0 - beta2)
+
+
+def _adam_weights(pf: Tensor, mn: Tensor, vn: Tensor, decay: Tensor, lr_bc1: Tensor, bc2: Tensor, eps: float) -> Tensor:
+    """Adam(W)'s new weights: ``theta * decay - lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps)``."""
+    return pf * decay - lr_bc1 * mn / (torch.sqrt(vn * bc2) + eps)
+
+
+def _sgd_direction(
+    gp: Tensor,
+    buf: Tensor | None,
+    first: Tensor,
+    act: Tensor,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    masked: bool,
+    cdt: torch.dtype,
+) -> Tensor:
+    """torch.optim.SGD's update direction for ``gp``; the momentum buffer (if any) is updated
+    in place (``first``: the buffer is not set yet and starts as ``gp``; members that are not
+    ``act``-ive keep theirs when ``masked``)."""
+    if buf is None:
+        return gp
+    bf = buf.to(cdt)
+    nb = torch.where(first, gp, bf * momentum + gp * (1.0 - dampening))
+    upd = gp + nb * momentum if nesterov else nb
+    buf.copy_(torch.where(act, nb, bf) if masked else nb)
+    return upd
+
+
 def _digrap_sums(gf: Tensor, d: Tensor, dp: Tensor | None, cprev: Tensor, red: int) -> Tensor:
     """Per-tensor ``<g,D>, |D|^2, |g|^2`` and the hyper-gradient
     ``h = sum_rows cos(g_row, c_prev * D'_row)`` (0 when ``dp`` is None)."""
@@ -128,9 +161,8 @@ def digrap_adam_update(
     mf = m.to(cdt)
     vf = v.to(cdt)
     gp = _k(coef, 0) * g.to(cdt) + _k(coef, 1) * _delta(pf, p0, cdt) + _k(coef, 5) * pf
-    mn = mf + (gp - mf) * (1.0 - beta1)
-    vn = vf * beta2 + gp * gp * (1.0 - beta2)
-    pn = pf * _k(coef, 4) - _k(coef, 2) * mn / (torch.sqrt(vn * _k(coef, 3)) + eps)
+    mn, vn = _adam_moments(gp, mf, vf, beta1, beta2)
+    pn = _adam_weights(pf, mn, vn, _k(coef, 4), _k(coef, 2), _k(coef, 3), eps)
     if masked:
         act = _k(coef, 6) > 0
         mn = torch.where(act, mn, mf)
@@ -186,13 +218,7 @@ def digrap_sgd_update(
     pf = p.to(cdt)
     gp = _k(coef, 0) * g.to(cdt) + _k(coef, 1) * _delta(pf, p0, cdt) + _k(coef, 3) * pf
     act = _k(coef, 5) > 0
-    if buf is not None:
-        bf = buf.to(cdt)
-        nb = torch.where(_k(coef, 4) > 0, gp, bf * momentum + gp * (1.0 - dampening))
-        upd = gp + nb * momentum if nesterov else nb
-        buf.copy_(torch.where(act, nb, bf) if masked else nb)
-    else:
-        upd = gp
+    upd = _sgd_direction(gp, buf, _k(coef, 4) > 0, act, momentum, dampening, nesterov, masked, cdt)
     if last is not None:
         lf = last.to(cdt)
         last.copy_(torch.where(act, upd, lf) if masked else upd)
@@ -239,14 +265,13 @@ def ftp_adam_candidate(
     """
     cdt = compute_dtype(p.dtype)
     gf = g.to(cdt)
+    pf = p.to(cdt)
     mf = m.to(cdt)
     vf = v.to(cdt)
     cp = cbuf.to(cdt)
-    gp = gf + _k(coef, 3) * p.to(cdt)
-    mn = mf + (gp - mf) * (1.0 - beta1)
-    vn = vf * beta2 + gp * gp * (1.0 - beta2)
-    new = p.to(cdt) * _k(coef, 2) - _k(coef, 0) * mn / (torch.sqrt(vn * _k(coef, 1)) + eps)
-    cn = _delta(new, p0, cdt)
+    gp = gf + _k(coef, 3) * pf
+    mn, vn = _adam_moments(gp, mf, vf, beta1, beta2)
+    cn = _delta(_adam_weights(pf, mn, vn, _k(coef, 2), _k(coef, 0), _k(coef, 1), eps), p0, cdt)
     if masked:
         act = _k(coef, 4) > 0
         mn = torch.where(act, mn, mf)
@@ -280,13 +305,7 @@ def ftp_sgd_candidate(
     cp = cbuf.to(cdt)
     gp = gf + _k(coef, 3) * pf
     act = _k(coef, 4) > 0
-    if buf is not None:
-        bf = buf.to(cdt)
-        nb = torch.where(_k(coef, 5) > 0, gp, bf * momentum + gp * (1.0 - dampening))
-        upd = gp + nb * momentum if nesterov else nb
-        buf.copy_(torch.where(act, nb, bf) if masked else nb)
-    else:
-        upd = gp
+    upd = _sgd_direction(gp, buf, _k(coef, 5) > 0, act, momentum, dampening, nesterov, masked, cdt)
     cn = _delta(pf - _k(coef, 0) * upd, p0, cdt)
     if masked:
         cn = torch.where(act, cn, cp)

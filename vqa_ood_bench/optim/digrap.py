@@ -38,23 +38,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from ..errors import ConfigError
 from . import _kernels as K
-from ._common import (
-    Layout,
-    check_base_hparams,
-    check_group_tensors,
-    collect_grads,
-    init_plain_state,
-    param_name,
-    plain_step,
-    scalar_adam,
-    scalars_to_python,
-    split_param_groups,
-    state_bytes,
-)
+from ._bucketed import BucketedBase, adam_weight_decay
+from ._common import Gathered, Layout, scalar_adam
 
 __all__ = ["DiGraP"]
 
@@ -69,7 +57,7 @@ _SCALARS = (
 )
 
 
-class DiGraP(Optimizer):
+class DiGraP(BucketedBase):
     """Directional gradient projection on top of Adam, AdamW or SGD.
 
     Args:
@@ -99,6 +87,8 @@ class DiGraP(Optimizer):
     ``torch.optim.Adam/AdamW/SGD``'s step (same kernels, same numbers).
     """
 
+    scalar_names = _SCALARS
+
     def __init__(
         self,
         params: Any,
@@ -123,33 +113,14 @@ class DiGraP(Optimizer):
         fused: bool | None = None,
     ):
         defaults = dict(
-            lr=lr,
-            mu=mu,
-            omega=omega,
-            two_sided=two_sided,
-            anchor=anchor,
-            betas=tuple(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
-            omega_betas=tuple(omega_betas),
-            omega_eps=omega_eps,
+            lr=lr, mu=mu, omega=omega, two_sided=two_sided, anchor=anchor, betas=tuple(betas), eps=eps,
+            weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
+            omega_betas=tuple(omega_betas), omega_eps=omega_eps,
         )
-        self.base = base
-        self._compile = bool(compile)
-        self._foreach = foreach
-        self._fused = fused
-        super().__init__(split_param_groups(params, exclude), defaults)
-        for group in self.param_groups:
-            check_base_hparams(base, group)
-            check_group_tensors(group)
-            _check_digrap_hparams(group)
-        self._layouts: list[dict[torch.device, Layout]] | None = None
-        self._build_layouts()
-        self.register_load_state_dict_pre_hook(lambda opt, sd: scalars_to_python(sd, _SCALARS))
-        self.register_load_state_dict_post_hook(lambda opt: opt._build_layouts())
+        super().__init__(params, defaults, compile=compile, base=base, exclude=exclude, foreach=foreach, fused=fused)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_digrap_hparams(group)
 
     # ---- layout -------------------------------------------------------------------------
 
@@ -176,25 +147,11 @@ class DiGraP(Optimizer):
             names.append("anchor")
         return names
 
-    def _build_layouts(self) -> None:
-        layouts: list[dict[torch.device, Layout]] = []
-        for group in self.param_groups:
-            per_dev: dict[torch.device, Layout] = {}
-            if self._projects(group):
-                by_dev: dict[torch.device, list[Tensor]] = {}
-                for p in group["params"]:
-                    by_dev.setdefault(p.device, []).append(p)
-                for dev, ps in by_dev.items():
-                    per_dev[dev] = Layout(ps, self._buf_names(group), _SCALARS, group["anchor"], self.state)
-                    if group["omega"] is not None:
-                        per_dev[dev].scalars["omega"].fill_(group["omega"])
-            layouts.append(per_dev)
-        self._layouts = layouts
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "_layouts" not in self.__dict__:  # unpickled / deep-copied: rebuild lazily
-            self._layouts = None
+    def _new_layout(self, group: dict[str, Any], params: list[Tensor]) -> Layout:
+        lay = super()._new_layout(group, params)
+        if group["omega"] is not None:
+            lay.scalars["omega"].fill_(group["omega"])
+        return lay
 
     # ---- public helpers -----------------------------------------------------------------
 
@@ -206,75 +163,19 @@ class DiGraP(Optimizer):
         with ``anchor=None`` are not listed; groups with the projection switched off
         (``omega=0``/``mu=0``) report 0.0.
         """
-        if self._layouts is None:
-            self._build_layouts()
-        assert self._layouts is not None
-        out: dict[str | int, float] = {}
-        flat = 0
-        for group, per_dev in zip(self.param_groups, self._layouts):
-            if group["anchor"] is not None:
-                values: dict[Tensor, float] = {}
-                for lay in per_dev.values():
-                    om = lay.scalars["omega"].tolist()
-                    for p, s in lay.slot_of.items():
-                        values[p] = om[s]
-                for i, p in enumerate(group["params"]):
-                    out[param_name(group, i, flat + i)] = values.get(p, 0.0)
-            flat += len(group["params"])
-        return out
+        return self._scalar_readout("omega")
 
     def omega_mean(self) -> float:
         """Mean projection strength over the projected tensors (the paper's Fig. 4 curve)."""
         values = list(self.omegas().values())
         return sum(values) / len(values) if values else 0.0
 
-    def state_bytes(self) -> int:
-        """Bytes of optimizer state (moment buffers, anchors, per-tensor scalars)."""
-        return state_bytes(self)
-
-    def workspace_bytes(self) -> int:
-        """Bytes of the persistent workspaces of bucketed small tensors (not state)."""
-        if self._layouts is None:
-            return 0
-        return sum(lay.workspace_bytes() for per in self._layouts for lay in per.values())
-
     # ---- step ---------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self._layouts is None:
-            self._build_layouts()
-        assert self._layouts is not None
-        for group, per_dev in zip(self.param_groups, self._layouts):
-            if not per_dev:
-                params, grads = collect_grads(group["params"])
-                states = []
-                for p in params:
-                    init_plain_state(self.state[p], p, self.base, bool(self._fused))
-                    states.append(self.state[p])
-                plain_step(self.base, group, params, grads, states, foreach=self._foreach, fused=self._fused)
-                continue
-            for lay in per_dev.values():
-                self._step_layout(group, lay)
-        return loss
-
-    def _kernel(self, fn: Any) -> Any:
-        return K.compiled(fn) if self._compile else fn
-
-    def _step_layout(self, group: dict[str, Any], lay: Layout) -> None:
-        gathered = [lay.gather(b) for b in lay.buckets]
-        if all(x is None for x in gathered):
-            return
+    def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         sgd = self.base == "sgd"
         S = lay.scalars
         dev, sdt = lay.device, lay.sdtype
-        act_list = [p.grad is not None for b in lay.buckets for p in b.params]
-        active = torch.tensor(act_list, dtype=torch.bool).to(dev)
-        any_idle = not all(act_list)
         trainable = group["omega"] is None
         with_prev = trainable and lay.steps_taken > 0
         lr = float(group["lr"])
@@ -297,14 +198,13 @@ class DiGraP(Optimizer):
             cstats = torch.stack([k1, k2, k3, S["proj_coef"]], 1)
         stats_fn = self._kernel(K.digrap_sgd_stats if sgd else K.digrap_adam_stats)
         outs = []
-        for b, gat in zip(lay.buckets, gathered):
+        for b, gat in zip(lay.buckets, step.blocks):
             if gat is None:
                 outs.append(torch.zeros((b.n, 4), dtype=sdt, device=dev))
                 continue
             g, p, _ = gat
             p0 = b.bufs.get("anchor")
-            cdt = K.compute_dtype(p.dtype)
-            cs = cstats[b.slots.start : b.slots.stop].to(cdt)
+            cs = b.rows_of(cstats, K.compute_dtype(p.dtype))
             if sgd:
                 prev = b.bufs.get("last_update", b.bufs.get("momentum_buffer"))
                 out = stats_fn(g, p, p0, prev, cs, with_prev, b.red_dim)
@@ -337,15 +237,15 @@ class DiGraP(Optimizer):
             lam = float(lam)
             a = torch.where(conflict, 1.0 - om * lam * d / (gg + 1e-8), one)
             bcoef = lam - torch.where(conflict, om * c, zero)
-        act_f = active.to(sdt)
+        act_f = step.active.to(sdt)
         if sgd:
             first_buf = (t == 0).to(sdt)
             cupd = torch.stack([a, bcoef, torch.full_like(d, lr), torch.full_like(d, wd), first_buf, act_f], 1)
             decay = torch.ones_like(d)
         else:
             b1, b2 = group["betas"]
-            decay = torch.full_like(d, 1.0 - lr * wd if self.base == "adamw" else 1.0)
-            wdc = wd if self.base == "adam" else 0.0
+            decay_factor, wdc = adam_weight_decay(self.base, lr, wd)
+            decay = torch.full_like(d, decay_factor)
             cupd = torch.stack(
                 [a, bcoef, lr / (1.0 - torch.pow(b1, tn)), 1.0 / (1.0 - torch.pow(b2, tn)),
                  decay, torch.full_like(d, wdc), act_f], 1,
@@ -353,12 +253,12 @@ class DiGraP(Optimizer):
 
         # --- pass 2: base step with the projected gradient ----------------------------
         upd_fn = self._kernel(K.digrap_sgd_update if sgd else K.digrap_adam_update)
-        for b, gat in zip(lay.buckets, gathered):
+        for b, gat in zip(lay.buckets, step.blocks):
             if gat is None:
                 continue
             g, p, act = gat
             p0 = b.bufs.get("anchor")
-            cu = cupd[b.slots.start : b.slots.stop].to(K.compute_dtype(p.dtype))
+            cu = b.rows_of(cupd, K.compute_dtype(p.dtype))
             masked = len(act) < b.n
             if sgd:
                 upd_fn(g, p, p0, b.bufs.get("momentum_buffer"), b.bufs.get("last_update"), cu,
@@ -370,17 +270,18 @@ class DiGraP(Optimizer):
             lay.scatter(b, act)
 
         # --- commit per-tensor state (only tensors that stepped) ----------------------
-        def commit(name: str, new: Tensor) -> None:
-            S[name].copy_(torch.where(active, new, S[name]) if any_idle else new)
-
-        commit("step", tn)
-        commit("omega", om)
-        commit("omega_exp_avg", om_m)
-        commit("omega_exp_avg_sq", om_v)
-        commit("proj_coef", c)
-        commit("prev_lr", torch.full_like(d, lr))
-        commit("prev_decay", decay)
-        lay.steps_taken += 1
+        lay.commit(
+            step,
+            {
+                "step": tn,
+                "omega": om,
+                "omega_exp_avg": om_m,
+                "omega_exp_avg_sq": om_v,
+                "proj_coef": c,
+                "prev_lr": torch.full_like(d, lr),
+                "prev_decay": decay,
+            },
+        )
 
 
 def _check_digrap_hparams(group: dict[str, Any]) -> None:

@@ -23,24 +23,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor
-from torch.optim import Optimizer
 
 from ..errors import ConfigError
 from . import _kernels as K
-from ._common import (
-    Layout,
-    check_base_hparams,
-    check_group_tensors,
-    collect_grads,
-    init_plain_state,
-    param_name,
-    plain_step,
-    scalar_adam,
-    scalars_to_python,
-    split_param_groups,
-    state_bytes,
-)
+from ._bucketed import BucketedBase, adam_weight_decay
+from ._common import Gathered, Layout, scalar_adam
 
 __all__ = ["FTP"]
 
@@ -49,7 +36,7 @@ _SCALARS = ("step", "gamma", "gamma_exp_avg", "gamma_exp_avg_sq")
 GAMMA_MIN = 1e-8
 
 
-class FTP(Optimizer):
+class FTP(BucketedBase):
     """Trainable per-tensor projection toward the anchor on top of SGD or Adam(W).
 
     Args:
@@ -68,6 +55,8 @@ class FTP(Optimizer):
         compile: use the ``torch.compile``-d one-sweep kernels (first step compiles).
         foreach, fused: passed to torch for groups that take the plain step.
     """
+
+    scalar_names = _SCALARS
 
     def __init__(
         self,
@@ -96,22 +85,13 @@ class FTP(Optimizer):
             weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
             gamma_betas=tuple(gamma_betas), gamma_eps=gamma_eps,
         )
-        self.base = base
-        self._compile = bool(compile)
-        self._foreach = foreach
-        self._fused = fused
-        super().__init__(split_param_groups(params, exclude), defaults)
-        for group in self.param_groups:
-            check_base_hparams(base, group)
-            check_group_tensors(group)
-            if not 0.0 <= group["k"] <= 1.0:
-                raise ConfigError(f"k must lie in [0, 1], got {group['k']!r}")
-            if group["mu"] < 0:
-                raise ConfigError(f"mu must be >= 0, got {group['mu']!r}")
-        self._layouts: list[dict[torch.device, Layout]] | None = None
-        self._build_layouts()
-        self.register_load_state_dict_pre_hook(lambda opt, sd: scalars_to_python(sd, _SCALARS))
-        self.register_load_state_dict_post_hook(lambda opt: opt._build_layouts())
+        super().__init__(params, defaults, compile=compile, base=base, exclude=exclude, foreach=foreach, fused=fused)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        if not 0.0 <= group["k"] <= 1.0:
+            raise ConfigError(f"k must lie in [0, 1], got {group['k']!r}")
+        if group["mu"] < 0:
+            raise ConfigError(f"mu must be >= 0, got {group['mu']!r}")
 
     # ---- layout -------------------------------------------------------------------------
 
@@ -125,88 +105,20 @@ class FTP(Optimizer):
             names.append("anchor")
         return names
 
-    def _build_layouts(self) -> None:
-        layouts: list[dict[torch.device, Layout]] = []
-        for group in self.param_groups:
-            per_dev: dict[torch.device, Layout] = {}
-            if group["anchor"] is not None:
-                by_dev: dict[torch.device, list[Tensor]] = {}
-                for p in group["params"]:
-                    by_dev.setdefault(p.device, []).append(p)
-                for dev, ps in by_dev.items():
-                    per_dev[dev] = Layout(ps, self._buf_names(group), _SCALARS, group["anchor"], self.state)
-            layouts.append(per_dev)
-        self._layouts = layouts
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "_layouts" not in self.__dict__:
-            self._layouts = None
-
     # ---- public helpers -----------------------------------------------------------------
 
     def radii(self) -> dict[str | int, float]:
         """Current learned radius ``gamma`` of every projected tensor, keyed like
         :meth:`DiGraP.omegas` (names when given, else the flat position)."""
-        if self._layouts is None:
-            self._build_layouts()
-        assert self._layouts is not None
-        out: dict[str | int, float] = {}
-        flat = 0
-        for group, per_dev in zip(self.param_groups, self._layouts):
-            values: dict[Tensor, float] = {}
-            for lay in per_dev.values():
-                gam = lay.scalars["gamma"].tolist()
-                for p, s in lay.slot_of.items():
-                    values[p] = gam[s]
-            if group["anchor"] is not None:
-                for i, p in enumerate(group["params"]):
-                    out[param_name(group, i, flat + i)] = values[p]
-            flat += len(group["params"])
-        return out
-
-    def state_bytes(self) -> int:
-        """Bytes of optimizer state (moment buffers, anchors, ``c_prev``, scalars)."""
-        return state_bytes(self)
+        return self._scalar_readout("gamma")
 
     # ---- step ---------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self._layouts is None:
-            self._build_layouts()
-        assert self._layouts is not None
-        for group, per_dev in zip(self.param_groups, self._layouts):
-            if not per_dev:
-                params, grads = collect_grads(group["params"])
-                states = []
-                for p in params:
-                    init_plain_state(self.state[p], p, self.base, bool(self._fused))
-                    states.append(self.state[p])
-                plain_step(self.base, group, params, grads, states, foreach=self._foreach, fused=self._fused)
-                continue
-            for lay in per_dev.values():
-                self._step_layout(group, lay)
-        return loss
-
-    def _kernel(self, fn: Any) -> Any:
-        return K.compiled(fn) if self._compile else fn
-
-    def _step_layout(self, group: dict[str, Any], lay: Layout) -> None:
-        gathered = [lay.gather(b) for b in lay.buckets]
-        if all(x is None for x in gathered):
-            return
+    def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         sgd = self.base == "sgd"
         S = lay.scalars
         dev, sdt = lay.device, lay.sdtype
-        act_list = [p.grad is not None for b in lay.buckets for p in b.params]
-        active = torch.tensor(act_list, dtype=torch.bool).to(dev)
-        any_idle = not all(act_list)
-        act_f = active.to(sdt)
+        act_f = step.active.to(sdt)
         lr = float(group["lr"])
         wd = float(group["weight_decay"])
         t = S["step"]
@@ -217,8 +129,7 @@ class FTP(Optimizer):
             coef = torch.stack([full(lr), full(0.0), full(0.0), full(wd), act_f, first_buf], 1)
         else:
             b1, b2 = group["betas"]
-            decay = 1.0 - lr * wd if self.base == "adamw" else 1.0
-            wdc = wd if self.base == "adam" else 0.0
+            decay, wdc = adam_weight_decay(self.base, lr, wd)
             coef = torch.stack(
                 [lr / (1.0 - torch.pow(b1, tn)), 1.0 / (1.0 - torch.pow(b2, tn)),
                  torch.full_like(t, decay), torch.full_like(t, wdc), act_f], 1,
@@ -227,14 +138,14 @@ class FTP(Optimizer):
         # --- pass 1: base step to the unconstrained weights, hyper-gradient, row norms ----
         cand_fn = self._kernel(K.ftp_sgd_candidate if sgd else K.ftp_adam_candidate)
         totals, rownorms = [], []
-        for b, gat in zip(lay.buckets, gathered):
+        for b, gat in zip(lay.buckets, step.blocks):
             if gat is None:
                 totals.append(torch.zeros((b.n, 2), dtype=sdt, device=dev))
                 rownorms.append(None)
                 continue
             g, p, act = gat
             p0 = b.bufs.get("anchor")
-            cs = coef[b.slots.start : b.slots.stop].to(K.compute_dtype(p.dtype))
+            cs = b.rows_of(coef, K.compute_dtype(p.dtype))
             masked = len(act) < b.n
             if sgd:
                 tot, rn = cand_fn(g, p, p0, b.bufs.get("momentum_buffer"), b.bufs["prev_c"], cs,
@@ -264,19 +175,12 @@ class FTP(Optimizer):
         # --- pass 2: project --------------------------------------------------------------
         proj_fn = self._kernel(K.ftp_project)
         pcoef = torch.stack([gam, act_f], 1)
-        for b, gat, rn in zip(lay.buckets, gathered, rownorms):
+        for b, gat, rn in zip(lay.buckets, step.blocks, rownorms):
             if gat is None:
                 continue
             g, p, act = gat
-            cs = pcoef[b.slots.start : b.slots.stop].to(K.compute_dtype(p.dtype))
+            cs = b.rows_of(pcoef, K.compute_dtype(p.dtype))
             proj_fn(p, b.bufs.get("anchor"), b.bufs["prev_c"], rn, cs, b.red_dim, len(act) < b.n)
             lay.scatter(b, act)
 
-        def commit(name: str, new: Tensor) -> None:
-            S[name].copy_(torch.where(active, new, S[name]) if any_idle else new)
-
-        commit("step", tn)
-        commit("gamma", gam)
-        commit("gamma_exp_avg", gm)
-        commit("gamma_exp_avg_sq", gv)
-        lay.steps_taken += 1
+        lay.commit(step, {"step": tn, "gamma": gam, "gamma_exp_avg": gm, "gamma_exp_avg_sq": gv})

@@ -165,6 +165,12 @@ class LoadContext:
             raise ConfigError(f"dataset {dataset!r}: unknown option(s) {', '.join(map(repr, unknown))}")
         return cls(dataset, split, **options)
 
+    @classmethod
+    def for_split(cls, dataset: str, split: str, splits: Iterable[str], options: dict[str, Any]) -> "LoadContext":
+        """Check ``split`` against the dataset's ``splits``, then :meth:`from_options`."""
+        check_choice(dataset, "split", split, splits)
+        return cls.from_options(dataset, split, options)
+
     # -- bad input -------------------------------------------------------------
     def malformed(self, path: str | Path | None, record: object, reason: str) -> None:
         """A record that breaks the released format: raise (strict) or skip and list it."""
@@ -426,18 +432,20 @@ def pair_ids(
     """Check that questions and annotations name the same ids; mismatches are malformed."""
     no_ann = [k for k in questions if k not in annotations]
     no_q = [k for k in annotations if k not in questions]
-    if ctx.strict:
-        if no_ann:
-            more = f" ({len(no_ann) - 1} more)" if len(no_ann) > 1 else ""
-            raise DataError(f"question has no annotation in {a_path.name}{more}", path=q_path, record=no_ann[0])
-        if no_q:
-            more = f" ({len(no_q) - 1} more)" if len(no_q) > 1 else ""
-            raise DataError(f"annotation has no question in {q_path.name}{more}", path=a_path, record=no_q[0])
+    report_missing(ctx, no_ann, q_path, f"question has no annotation in {a_path.name}")
     for k in no_ann:
-        ctx.malformed(q_path, k, f"question has no annotation in {a_path.name}")
         del questions[k]
-    for k in no_q:
-        ctx.malformed(a_path, k, f"annotation has no question in {q_path.name}")
+    report_missing(ctx, no_q, a_path, f"annotation has no question in {q_path.name}")
+
+
+def report_missing(ctx: LoadContext, ids: list[str], path: Path, reason: str) -> None:
+    """Ids named in ``path`` that the file they refer to lacks. Strict: one error for them all
+    (the first id, and how many more); otherwise each is skipped as malformed."""
+    if ids and ctx.strict:
+        more = f" ({len(ids) - 1} more)" if len(ids) > 1 else ""
+        raise DataError(f"{reason}{more}", path=path, record=ids[0])
+    for k in ids:
+        ctx.malformed(path, k, reason)
 
 
 def qid_key(entry: dict[str, Any]) -> str | None:
@@ -467,6 +475,12 @@ def dataset_dir(root: Path | None, dataset: str, subdir: str, probe: str) -> Pat
             return cand
     where = f"{first / probe}" + (f" or {root / probe}" if first != root else "")
     raise DataError(f"{dataset}: annotation file not found (looked for {where})", path=first / probe)
+
+
+def dataset_files(root: Path | None, dataset: str, subdir: str, first: str, *others: str) -> list[Path]:
+    """Paths of a dataset's files in its :func:`dataset_dir` (``first`` is the probe)."""
+    d = dataset_dir(root, dataset, subdir, first)
+    return [d / first, *(d / name for name in others)]
 
 
 def first_existing_dir(candidates: Iterable[Path]) -> Path:

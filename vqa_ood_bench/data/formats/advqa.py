@@ -19,8 +19,8 @@ from typing import Any, Iterator
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
 from . import hub
-from ._common import LoadContext, check_choice, coco_base, coco_id, dataset_dir
-from ._vqa import answers_of, base_meta, iter_pairs, read_pair
+from ._common import LoadContext, coco_base, dataset_files
+from ._vqa import coco_records, iter_pairs, read_pair
 
 NAME = "advqa"
 Q_FILE = "v1_OpenEnded_mscoco_val2017_advqa_questions.json"
@@ -47,36 +47,14 @@ def load_advqa(
     hub_revision: str | None = None,
     **common: Any,
 ) -> Iterator[VQARecord]:
-    check_choice(NAME, "split", split, ("val",))
-    ctx = LoadContext.from_options(NAME, split, common)
-    if check_choice(NAME, "source", source, ("files", "hub")) == "hub":
-        hid, hsplit = hub.hub_source(NAME, split, hub_id)
-        return hub.hub_records(ctx, hid, hsplit, hub.vqa_row, revision=hub_revision)
-    d = dataset_dir(root, NAME, subdir, Q_FILE)
-    q_path, a_path = d / Q_FILE, d / A_FILE
+    ctx = LoadContext.for_split(NAME, split, ("val",), common)
+    if hub.wants_hub(NAME, source):
+        return hub.load_from_hub(ctx, split, hub_id, hub_revision)
+    q_path, a_path = dataset_files(root, NAME, subdir, Q_FILE, A_FILE)
     base = coco_base(require_root(root, NAME), coco, "val2017")
     pairs = read_pair(ctx, q_path, a_path)
 
-    def gen() -> Iterator[VQARecord | None]:
-        for qid, q, ann in iter_pairs(pairs):
-            image_id = coco_id(q.get("image_id"))
-            if image_id is None:
-                ctx.malformed(q_path, qid, f"image_id must be a non-negative integer, got {q.get('image_id')!r}")
-                continue
-            answers = answers_of(ctx, ann, a_path, qid)
-            if answers is None:
-                continue
-            meta = base_meta(q, ann)
-            meta["image_id"] = image_id
-            yield ctx.make(
-                q_path,
-                qid,
-                image=f"{base}{os.sep}val2017{os.sep}{image_id:012d}.jpg",
-                question=q.get("question"),
-                answers=answers,
-                answer_type=(ann or {}).get("answer_type", ""),
-                question_type=(ann or {}).get("question_type", ""),
-                meta=meta,
-            )
+    def coco2017_image(image_id: int, _fields: dict[str, Any]) -> str:
+        return f"{base}{os.sep}val2017{os.sep}{image_id:012d}.jpg"
 
-    return ctx.stream(gen())
+    return ctx.stream(coco_records(ctx, iter_pairs(pairs), q_path, a_path, coco2017_image))

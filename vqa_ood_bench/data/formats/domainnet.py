@@ -51,7 +51,7 @@ def _load_domain(
     if not isinstance(question, str) or is_empty_question(question):
         raise ConfigError(f"dataset {name!r}: question must be a non-empty string, got {question!r}")
     ctx = LoadContext.from_options(name, split, common)
-    if check_choice(name, "source", source, ("files", "hub")) == "hub":
+    if hub.wants_hub(name, source):
         return _from_hub(ctx, domain, split, question, hub_id, hub_revision)
     fname = f"{domain}_{split}.txt"
     d = dataset_dir(root, name, subdir, fname)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from ...errors import ConfigError, DataError
 from ..records import VQARecord
-from ._common import LoadContext, norm_id, parse_answers
+from ._common import LoadContext, check_choice, norm_id, parse_answers
 
 # Hub ids and split names (file split -> hub split) known to hold these sets.
 HUB_IDS: dict[str, tuple[str, dict[str, str]]] = {
@@ -27,12 +27,30 @@ HUB_IDS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 Row = dict[str, Any]
+SOURCES = ("files", "hub")
 
 
 def hub_source(dataset: str, split: str, hub_id: str | None) -> tuple[str, str]:
     """The hub id and hub split name for ``dataset``/``split`` (``hub_id`` overrides the id)."""
     default_id, splits = HUB_IDS[dataset]
     return (hub_id or default_id), splits.get(split, split)
+
+
+def wants_hub(dataset: str, source: str) -> bool:
+    """Whether a loader's ``source`` option (``"files"`` or ``"hub"``, checked) asks for the hub."""
+    return check_choice(dataset, "source", source, SOURCES) == "hub"
+
+
+def load_from_hub(
+    ctx: LoadContext,
+    split: str,
+    hub_id: str | None,
+    revision: str | None,
+    convert: Callable[[Row, int], dict[str, Any] | None] | None = None,
+) -> Iterator[VQARecord]:
+    """The records of ``ctx.dataset``/``split`` from its hub copy (``convert``: :func:`vqa_row`)."""
+    hid, hsplit = hub_source(ctx.dataset, split, hub_id)
+    return hub_records(ctx, hid, hsplit, convert or vqa_row, revision=revision)
 
 
 def load_hub_rows(hub_id: str, hub_split: str, *, revision: str | None = None, streaming: bool = False) -> Any:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..records import VQARecord
 from ..registry import register_dataset
-from ._common import LoadContext, check_choice, dataset_dir, first_existing_dir, norm_id, option_dir
-from ._vqa import answers_of, base_meta, iter_pairs, read_pair
+from ._common import LoadContext, dataset_files, first_existing_dir, norm_id, option_dir
+from ._vqa import answers_of, base_meta, iter_pairs, read_pair, vqa_record
 
 Q_FILE = "v2_OpenEnded_mscoco_val2014_questions.json"
 A_FILE = "v2_mscoco_val2014_annotations.json"
@@ -45,11 +45,10 @@ def _edit_key(entry: dict[str, Any]) -> str | None:
 def _load_edits(
     name: str, removed_key: str, root: Path | None, split: str, subdir: str, images: str | None, common: dict[str, Any]
 ) -> Iterator[VQARecord]:
-    check_choice(name, "split", split, ("val",))
-    ctx = LoadContext.from_options(name, split, common)
-    d = dataset_dir(root, name, subdir, Q_FILE)
+    ctx = LoadContext.for_split(name, split, ("val",), common)
+    q_path, a_path = dataset_files(root, name, subdir, Q_FILE, A_FILE)
     assert root is not None
-    q_path, a_path = d / Q_FILE, d / A_FILE
+    d = q_path.parent
     if images is not None:
         img_dir = option_dir(root, images)
     else:
@@ -77,48 +76,38 @@ def _load_edits(
                     removed_key: int(removed),
                 }
             )
-            yield ctx.make(
-                q_path,
-                key,
-                image=image,
-                question=q.get("question"),
-                answers=answers,
-                answer_type=(ann or {}).get("answer_type", ""),
-                question_type=(ann or {}).get("question_type", ""),
-                meta=meta,
-            )
+            yield vqa_record(ctx, q_path, key, q, ann, image=image, answers=answers, meta=meta)
 
     return ctx.stream(gen())
 
 
-_EXPECTED = [Q_FILE, A_FILE]
+def _register(name: str, removed_key: str, description: str) -> Callable[..., Iterator[VQARecord]]:
+    """Register the loader of one of the two releases (same layout, different removed id)."""
+
+    def loader(
+        root: Path | None, *, split: str = "val", subdir: str = name, images: str | None = None, **common: Any
+    ) -> Iterator[VQARecord]:
+        return _load_edits(name, removed_key, root, split, subdir, images, common)
+
+    loader.__name__ = loader.__qualname__ = f"load_{name.replace('-', '_')}"
+    return register_dataset(
+        name,
+        role="near",
+        shift_type="vision",
+        description=description,
+        expected_files=[f"{name}/{Q_FILE}", f"{name}/{A_FILE}", f"{name}/images/"],
+        licence="research use; see the CausalVQA release (COCO images: COCO terms of use)",
+        source="https://github.com/AgarwalVedika/CausalVQA",
+    )(loader)
 
 
-@register_dataset(
+load_iv_vqa = _register(
     "iv-vqa",
-    role="near",
-    shift_type="vision",
-    description="IV-VQA: VQAv2 val images with an object irrelevant to the question removed (answer unchanged).",
-    expected_files=[f"iv-vqa/{f}" for f in _EXPECTED] + ["iv-vqa/images/"],
-    licence="research use; see the CausalVQA release (COCO images: COCO terms of use)",
-    source="https://github.com/AgarwalVedika/CausalVQA",
+    "removed_category_id",
+    "IV-VQA: VQAv2 val images with an object irrelevant to the question removed (answer unchanged).",
 )
-def load_iv_vqa(
-    root: Path | None, *, split: str = "val", subdir: str = "iv-vqa", images: str | None = None, **common: Any
-) -> Iterator[VQARecord]:
-    return _load_edits("iv-vqa", "removed_category_id", root, split, subdir, images, common)
-
-
-@register_dataset(
+load_cv_vqa = _register(
     "cv-vqa",
-    role="near",
-    shift_type="vision",
-    description="CV-VQA: counting questions on VQAv2 val images with one instance removed (answers decremented).",
-    expected_files=[f"cv-vqa/{f}" for f in _EXPECTED] + ["cv-vqa/images/"],
-    licence="research use; see the CausalVQA release (COCO images: COCO terms of use)",
-    source="https://github.com/AgarwalVedika/CausalVQA",
+    "removed_instance_id",
+    "CV-VQA: counting questions on VQAv2 val images with one instance removed (answers decremented).",
 )
-def load_cv_vqa(
-    root: Path | None, *, split: str = "val", subdir: str = "cv-vqa", images: str | None = None, **common: Any
-) -> Iterator[VQARecord]:
-    return _load_edits("cv-vqa", "removed_instance_id", root, split, subdir, images, common)

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 from ...errors import ConfigError
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
-from ._common import LoadContext, bare_list, index_entries, load_json, option_dir, qid_key
+from ._common import LoadContext, option_dir
+from ._vqa import read_index
 
 NAME = "lavis"
 
@@ -51,9 +52,7 @@ def load_lavis(
     root = require_root(root, dataset_name)
     path = option_dir(root, file)
     img_dir = option_dir(root, images)
-    entries = bare_list(load_json(ctx.add_file(path)), path)
-    index = index_entries(ctx, entries, path, key=qid_key, what="record")
-    del entries
+    index = read_index(ctx, path, None, what="record")
 
     def gen() -> Iterator[VQARecord | None]:
         for qid, e in index.items():

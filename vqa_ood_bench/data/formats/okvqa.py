@@ -19,8 +19,8 @@ from typing import Any, Iterator
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
 from . import hub
-from ._common import LoadContext, check_choice, coco_base, coco_id, coco_image, dataset_dir
-from ._vqa import answers_of, base_meta, iter_pairs, read_pair
+from ._common import LoadContext, coco_base, dataset_files
+from ._vqa import coco_records, in_coco_folder, iter_pairs, read_pair
 
 NAME = "ok-vqa"
 SUBDIR = "okvqa"
@@ -50,41 +50,18 @@ def load_okvqa(
     hub_revision: str | None = None,
     **common: Any,
 ) -> Iterator[VQARecord]:
-    check_choice(NAME, "split", split, ("train", "val"))
-    ctx = LoadContext.from_options(NAME, split, common)
-    if check_choice(NAME, "source", source, ("files", "hub")) == "hub":
-        hid, hsplit = hub.hub_source(NAME, split, hub_id)
-        return hub.hub_records(ctx, hid, hsplit, hub.vqa_row, revision=hub_revision)
-    q_name, a_name = _files(split)
-    d = dataset_dir(root, NAME, subdir, q_name)
-    q_path, a_path = d / q_name, d / a_name
+    ctx = LoadContext.for_split(NAME, split, ("train", "val"), common)
+    if hub.wants_hub(NAME, source):
+        return hub.load_from_hub(ctx, split, hub_id, hub_revision)
+    q_path, a_path = dataset_files(root, NAME, subdir, *_files(split))
     folder = f"{split}2014"
     base = coco_base(require_root(root, NAME), coco, folder)
-    pairs = read_pair(ctx, q_path, a_path, compact=False)
+    pairs = read_pair(ctx, q_path, a_path, compact=False)  # keep the answer dicts: raw_answer
+    image = in_coco_folder(base, folder)
+    return ctx.stream(coco_records(ctx, iter_pairs(pairs), q_path, a_path, image, more_meta=_raw_answers))
 
-    def gen() -> Iterator[VQARecord | None]:
-        for qid, q, ann in iter_pairs(pairs):
-            image_id = coco_id(q.get("image_id"))
-            if image_id is None:
-                ctx.malformed(q_path, qid, f"image_id must be a non-negative integer, got {q.get('image_id')!r}")
-                continue
-            answers = answers_of(ctx, ann, a_path, qid)
-            if answers is None:
-                continue
-            meta = base_meta(q, ann)
-            meta["image_id"] = image_id
-            raw = [a.get("raw_answer") for a in (ann or {}).get("answers", []) if isinstance(a, dict)]
-            if raw and all(isinstance(r, str) for r in raw):
-                meta["raw_answers"] = raw
-            yield ctx.make(
-                q_path,
-                qid,
-                image=coco_image(base, folder, image_id),
-                question=q.get("question"),
-                answers=answers,
-                answer_type=(ann or {}).get("answer_type", ""),
-                question_type=(ann or {}).get("question_type", ""),
-                meta=meta,
-            )
 
-    return ctx.stream(gen())
+def _raw_answers(ann: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"raw_answers": [...]}`` when every answer entry carries a string ``raw_answer``."""
+    raw = [a.get("raw_answer") for a in (ann or {}).get("answers", []) if isinstance(a, dict)]
+    return {"raw_answers": raw} if raw and all(isinstance(r, str) for r in raw) else {}

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
-from ._common import LoadContext, check_choice, coco_base, coco_id, coco_image, dataset_dir, is_empty_question, norm_id
-from ._vqa import answers_of, base_meta, iter_pairs, read_pair
+from ._common import LoadContext, coco_base, coco_image, dataset_files, is_empty_question, norm_id
+from ._vqa import answers_of, base_meta, coco_image_id, iter_pairs, read_pair, vqa_record
 
 NAME = "vqa-rephrasings"
 Q_FILE = "v2_OpenEnded_mscoco_valrep2014_humans_og_questions.json"
@@ -45,22 +45,20 @@ def load_rephrasings(
     only_rephrasings: bool = False,
     **common: Any,
 ) -> Iterator[VQARecord]:
-    check_choice(NAME, "split", split, ("val",))
-    ctx = LoadContext.from_options(NAME, split, common)
-    d = dataset_dir(root, NAME, subdir, Q_FILE)
-    q_path, a_path = d / Q_FILE, d / A_FILE
+    ctx = LoadContext.for_split(NAME, split, ("val",), common)
+    q_path, a_path = dataset_files(root, NAME, subdir, Q_FILE, A_FILE)
     base = coco_base(require_root(root, NAME), coco, "val2014")
     pairs = read_pair(ctx, q_path, a_path)
 
+    # not coco_records: the known quirk comes first and rephrasing_of is checked before the answers
     def gen() -> Iterator[VQARecord | None]:
         for qid, q, ann in iter_pairs(pairs):
             question = q.get("question")
             if isinstance(question, str) and is_empty_question(question):
                 ctx.quirk(q_path, qid, "empty question (known in VQA-Rephrasings)")
                 continue
-            image_id = coco_id(q.get("image_id"))
+            image_id = coco_image_id(ctx, q_path, qid, q)
             if image_id is None:
-                ctx.malformed(q_path, qid, f"image_id must be a non-negative integer, got {q.get('image_id')!r}")
                 continue
             meta = base_meta(q, ann)
             meta["image_id"] = image_id
@@ -76,15 +74,6 @@ def load_rephrasings(
             answers = answers_of(ctx, ann, a_path, qid)
             if answers is None:
                 continue
-            yield ctx.make(
-                q_path,
-                qid,
-                image=coco_image(base, "val2014", image_id),
-                question=question,
-                answers=answers,
-                answer_type=(ann or {}).get("answer_type", ""),
-                question_type=(ann or {}).get("question_type", ""),
-                meta=meta,
-            )
+            yield vqa_record(ctx, q_path, qid, q, ann, image=coco_image(base, "val2014", image_id), answers=answers, meta=meta)
 
     return ctx.stream(gen())

@@ -20,17 +20,8 @@ from typing import Any, Iterator
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
 from . import hub
-from ._common import (
-    LoadContext,
-    check_choice,
-    dataset_dir,
-    index_entries,
-    load_json,
-    option_dir,
-    parse_answers,
-    qid_key,
-    wrapped_list,
-)
+from ._common import LoadContext, dataset_dir, option_dir, parse_answers
+from ._vqa import read_index
 
 NAME = "textvqa"
 VERSION = "0.5.1"
@@ -61,18 +52,14 @@ def load_textvqa(
     hub_revision: str | None = None,
     **common: Any,
 ) -> Iterator[VQARecord]:
-    check_choice(NAME, "split", split, ("train", "val", "test"))
-    ctx = LoadContext.from_options(NAME, split, common)
-    if check_choice(NAME, "source", source, ("files", "hub")) == "hub":
-        hid, hsplit = hub.hub_source(NAME, split, hub_id)
-        return hub.hub_records(ctx, hid, hsplit, hub.vqa_row, revision=hub_revision)
+    ctx = LoadContext.for_split(NAME, split, ("train", "val", "test"), common)
+    if hub.wants_hub(NAME, source):
+        return hub.load_from_hub(ctx, split, hub_id, hub_revision)
     d = dataset_dir(root, NAME, subdir, _file(split))
     root = require_root(root, NAME)
     path = d / _file(split)
     img_dir = option_dir(root, images) if images is not None else d / ("test_images" if split == "test" else "train_images")
-    entries = wrapped_list(load_json(ctx.add_file(path)), "data", path)
-    index = index_entries(ctx, entries, path, key=qid_key, what="question")
-    del entries
+    index = read_index(ctx, path, "data")
     labelled = split != "test"
 
     def gen() -> Iterator[VQARecord | None]:

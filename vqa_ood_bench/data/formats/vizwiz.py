@@ -24,7 +24,8 @@ from ...errors import DataError
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
 from . import hub
-from ._common import LoadContext, bare_list, check_choice, index_entries, load_json, option_dir, parse_answers
+from ._common import LoadContext, option_dir, parse_answers
+from ._vqa import read_index
 
 NAME = "vizwiz"
 SPLITS = ("train", "val", "test")
@@ -76,10 +77,8 @@ def load_vizwiz(
     hub_revision: str | None = None,
     **common: Any,
 ) -> Iterator[VQARecord]:
-    check_choice(NAME, "split", split, SPLITS)
-    ctx = LoadContext.from_options(NAME, split, common)
-    if check_choice(NAME, "source", source, ("files", "hub")) == "hub":
-        hid, hsplit = hub.hub_source(NAME, split, hub_id)
+    ctx = LoadContext.for_split(NAME, split, SPLITS, common)
+    if hub.wants_hub(NAME, source):
 
         def convert(row: dict[str, Any], i: int) -> dict[str, Any] | None:
             fields = hub.vqa_row(row, i)
@@ -88,14 +87,12 @@ def load_vizwiz(
                 fields["meta"]["empty_answers_dropped"] = n
             return fields
 
-        return hub.hub_records(ctx, hid, hsplit, convert, revision=hub_revision)
+        return hub.load_from_hub(ctx, split, hub_id, hub_revision, convert)
     path = _annotation_file(root, subdir, split)
     root = require_root(root, NAME)
     ds_dir = path.parent.parent if path.parent.name == "Annotations" else path.parent
     img_dir = option_dir(root, images) if images is not None else ds_dir / split
-    entries = bare_list(load_json(ctx.add_file(path), compact_answers=True), path)
-    index = index_entries(ctx, entries, path, key=_image_key, what="question", describe_key="image")
-    del entries
+    index = read_index(ctx, path, None, key=_image_key, describe_key="image", compact=True)
     labelled = split != "test"
 
     def gen() -> Iterator[VQARecord | None]:

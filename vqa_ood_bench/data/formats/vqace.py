@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from ...errors import DataError
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
-from ._common import LoadContext, bare_list, check_choice, coco_base, coco_id, coco_image, dataset_dir, load_json
-from ._vqa import answers_of, base_meta, read_pair
+from ._common import LoadContext, bare_list, coco_base, dataset_dir, load_json, report_missing
+from ._vqa import Pair, coco_records, in_coco_folder, read_pair
 from .vqav2 import vqav2_files
 
 NAME = "vqa-ce"
@@ -62,8 +61,7 @@ def load_vqace(
     coco: str | None = None,
     **common: Any,
 ) -> Iterator[VQARecord]:
-    check_choice(NAME, "split", split, ("counterexamples", "hard", "easy"))
-    ctx = LoadContext.from_options(NAME, split, common)
+    ctx = LoadContext.for_split(NAME, split, ("counterexamples", "hard", "easy"), common)
     d = dataset_dir(root, NAME, subdir, FILES["counterexamples"])
     root = require_root(root, NAME)
     lists = {name: _read_ids(ctx, d / fname) for name, fname in FILES.items()}
@@ -71,11 +69,7 @@ def load_vqace(
     pairs = {k: (q, a) for k, q, a in read_pair(ctx, q_path, a_path)}
     for name, ids in lists.items():
         missing = [k for k in ids if k not in pairs]
-        if missing and ctx.strict:
-            more = f" ({len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DataError(f"question id is not in VQAv2 val ({q_path.name}){more}", path=d / FILES[name], record=missing[0])
-        for k in missing:
-            ctx.malformed(d / FILES[name], k, f"question id is not in VQAv2 val ({q_path.name})")
+        report_missing(ctx, missing, d / FILES[name], f"question id is not in VQAv2 val ({q_path.name})")
     if split == "easy":
         excluded = set(lists["counterexamples"]) | set(lists["hard"])
         chosen = [k for k in pairs if k not in excluded]
@@ -83,28 +77,14 @@ def load_vqace(
         chosen = [k for k in lists[split] if k in pairs]
     base = coco_base(root, coco, "val2014")
 
-    def gen() -> Iterator[VQARecord | None]:
+    def chosen_pairs() -> Iterator[Pair]:
         for qid in chosen:
             q, ann = pairs.pop(qid)
-            image_id = coco_id(q.get("image_id"))
-            if image_id is None:
-                ctx.malformed(q_path, qid, f"image_id must be a non-negative integer, got {q.get('image_id')!r}")
-                continue
-            answers = answers_of(ctx, ann, a_path, qid)
-            if answers is None:
-                continue
-            meta = base_meta(q, ann)
-            meta.update({"image_id": image_id, "vqa_ce_subset": split})
-            yield ctx.make(
-                q_path,
-                qid,
-                image=coco_image(base, "val2014", image_id),
-                question=q.get("question"),
-                answers=answers,
-                answer_type=(ann or {}).get("answer_type", ""),
-                question_type=(ann or {}).get("question_type", ""),
-                meta=meta,
-            )
+            yield qid, q, ann
         pairs.clear()
 
-    return ctx.stream(gen())
+    subset = {"vqa_ce_subset": split}
+    records = coco_records(
+        ctx, chosen_pairs(), q_path, a_path, in_coco_folder(base, "val2014"), fields=lambda _qid, _q, _ann: subset
+    )
+    return ctx.stream(records)

@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
-from ._common import LoadContext, check_choice, coco_base, coco_id, coco_image, dataset_dir
-from ._vqa import answers_of, base_meta, iter_pairs, read_pair
+from ._common import LoadContext, coco_base, coco_image, dataset_files
+from ._vqa import coco_records, iter_pairs, read_pair
 
 NAME = "vqa-cp-v2"
 COCO_SPLITS = ("train2014", "val2014")
@@ -40,39 +40,20 @@ def _files(split: str) -> tuple[str, str]:
 def load_vqacp(
     root: Path | None, *, split: str = "test", subdir: str = NAME, coco: str | None = None, **common: Any
 ) -> Iterator[VQARecord]:
-    check_choice(NAME, "split", split, ("train", "test"))
-    ctx = LoadContext.from_options(NAME, split, common)
-    q_name, a_name = _files(split)
-    d = dataset_dir(root, NAME, subdir, q_name)
+    ctx = LoadContext.for_split(NAME, split, ("train", "test"), common)
+    q_path, a_path = dataset_files(root, NAME, subdir, *_files(split))
     root = require_root(root, NAME)
-    q_path, a_path = d / q_name, d / a_name
     bases = {cs: coco_base(root, coco, cs) for cs in COCO_SPLITS}
     pairs = read_pair(ctx, q_path, a_path, wrapped=False)
 
-    def gen() -> Iterator[VQARecord | None]:
-        for qid, q, ann in iter_pairs(pairs):
-            coco_split = q.get("coco_split", (ann or {}).get("coco_split"))
-            if coco_split not in COCO_SPLITS:
-                ctx.malformed(q_path, qid, f"coco_split must be 'train2014' or 'val2014', got {coco_split!r}")
-                continue
-            image_id = coco_id(q.get("image_id"))
-            if image_id is None:
-                ctx.malformed(q_path, qid, f"image_id must be a non-negative integer, got {q.get('image_id')!r}")
-                continue
-            answers = answers_of(ctx, ann, a_path, qid)
-            if answers is None:
-                continue
-            meta = base_meta(q, ann)
-            meta.update({"image_id": image_id, "coco_split": coco_split})
-            yield ctx.make(
-                q_path,
-                qid,
-                image=coco_image(bases[coco_split], coco_split, image_id),
-                question=q.get("question"),
-                answers=answers,
-                answer_type=(ann or {}).get("answer_type", ""),
-                question_type=(ann or {}).get("question_type", ""),
-                meta=meta,
-            )
+    def coco_split_of(qid: str, q: dict[str, Any], ann: dict[str, Any] | None) -> dict[str, Any] | None:
+        coco_split = q.get("coco_split", (ann or {}).get("coco_split"))
+        if coco_split not in COCO_SPLITS:
+            ctx.malformed(q_path, qid, f"coco_split must be 'train2014' or 'val2014', got {coco_split!r}")
+            return None
+        return {"coco_split": coco_split}
 
-    return ctx.stream(gen())
+    def image(image_id: int, fields: dict[str, Any]) -> str:
+        return coco_image(bases[fields["coco_split"]], fields["coco_split"], image_id)
+
+    return ctx.stream(coco_records(ctx, iter_pairs(pairs), q_path, a_path, image, fields=coco_split_of))

@@ -18,8 +18,8 @@ from typing import Any, Iterator
 from ..records import VQARecord
 from ..registry import register_dataset, require_root
 from . import hub
-from ._common import LoadContext, check_choice, coco_base, coco_id, coco_image, dataset_dir
-from ._vqa import answers_of, base_meta, iter_pairs, read_pair
+from ._common import LoadContext, coco_base, dataset_dir
+from ._vqa import coco_records, in_coco_folder, iter_pairs, read_pair
 
 NAME = "vqav2"
 SUBDIR = "vqav2"
@@ -72,37 +72,11 @@ def load_vqav2(
     **common: Any,
 ) -> Iterator[VQARecord]:
     """VQAv2 ``split`` as released; ``coco`` overrides the folder holding ``train2014/`` etc."""
-    check_choice(NAME, "split", split, SPLITS)
-    ctx = LoadContext.from_options(NAME, split, common)
-    if check_choice(NAME, "source", source, ("files", "hub")) == "hub":
-        hid, hsplit = hub.hub_source(NAME, split, hub_id)
-        return hub.hub_records(ctx, hid, hsplit, hub.vqa_row, revision=hub_revision)
+    ctx = LoadContext.for_split(NAME, split, SPLITS, common)
+    if hub.wants_hub(NAME, source):
+        return hub.load_from_hub(ctx, split, hub_id, hub_revision)
     q_path, a_path = vqav2_files(root, split, subdir)
     folder = SPLITS[split][2]
     base = coco_base(require_root(root, NAME), coco, folder)
     pairs = read_pair(ctx, q_path, a_path)
-    src = a_path or q_path
-
-    def gen() -> Iterator[VQARecord | None]:
-        for qid, q, ann in iter_pairs(pairs):
-            image_id = coco_id(q.get("image_id"))
-            if image_id is None:
-                ctx.malformed(q_path, qid, f"image_id must be a non-negative integer, got {q.get('image_id')!r}")
-                continue
-            answers = answers_of(ctx, ann, src, qid)
-            if answers is None:
-                continue
-            meta = base_meta(q, ann)
-            meta["image_id"] = image_id
-            yield ctx.make(
-                q_path,
-                qid,
-                image=coco_image(base, folder, image_id),
-                question=q.get("question"),
-                answers=answers,
-                answer_type=(ann or {}).get("answer_type", ""),
-                question_type=(ann or {}).get("question_type", ""),
-                meta=meta,
-            )
-
-    return ctx.stream(gen())
+    return ctx.stream(coco_records(ctx, iter_pairs(pairs), q_path, a_path, in_coco_folder(base, folder)))

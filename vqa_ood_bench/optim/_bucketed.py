@@ -1,0 +1,121 @@
+"""The frame of the optimizers that run fused kernels over bucketed state (DiGraP, FTP).
+
+Per group and device a :class:`._common.Layout` holds the state of the tensors that the
+method changes; groups without one (``anchor=None``, or the method switched off) take torch's
+plain step. A subclass names its per-tensor scalars and state buffers, says which groups it
+changes, and implements one step of one layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from . import _kernels as K
+from ._base import RobustOptimizer
+from ._common import Gathered, Layout, anchored_params, collect_grads, run_closure, scalars_to_python
+
+
+class BucketedBase(RobustOptimizer):
+    """Layouts per group and device, their state-dict hooks, the step over them."""
+
+    #: names of the per-tensor scalars each layout keeps (subclasses set this)
+    scalar_names: tuple[str, ...] = ()
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, compile: bool, **options: Any):
+        self._compile = bool(compile)
+        super().__init__(params, defaults, **options)
+
+    def _setup(self) -> None:
+        self._layouts: list[dict[torch.device, Layout]] | None = None
+        self._build_layouts()
+        self.register_load_state_dict_pre_hook(lambda opt, sd: scalars_to_python(sd, opt.scalar_names))
+        self.register_load_state_dict_post_hook(lambda opt: opt._build_layouts())
+
+    # ---- layout (subclass hooks first) ---------------------------------------------------
+
+    def _projects(self, group: dict[str, Any]) -> bool:
+        """Whether the method changes this group's step (else: torch's plain step)."""
+        return group["anchor"] is not None
+
+    def _buf_names(self, group: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def _new_layout(self, group: dict[str, Any], params: list[Tensor]) -> Layout:
+        return Layout(params, self._buf_names(group), self.scalar_names, group["anchor"], self.state)
+
+    def _build_layouts(self) -> None:
+        layouts: list[dict[torch.device, Layout]] = []
+        for group in self.param_groups:
+            per_dev: dict[torch.device, Layout] = {}
+            if self._projects(group):
+                by_dev: dict[torch.device, list[Tensor]] = {}
+                for p in group["params"]:
+                    by_dev.setdefault(p.device, []).append(p)
+                for dev, ps in by_dev.items():
+                    per_dev[dev] = self._new_layout(group, ps)
+            layouts.append(per_dev)
+        self._layouts = layouts
+
+    def _current_layouts(self) -> list[dict[torch.device, Layout]]:
+        if self._layouts is None:
+            self._build_layouts()
+        assert self._layouts is not None
+        return self._layouts
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_layouts" not in self.__dict__:  # unpickled / deep-copied: rebuild lazily
+            self._layouts = None
+
+    # ---- readouts ------------------------------------------------------------------------
+
+    def _scalar_readout(self, name: str) -> dict[str | int, float]:
+        """Per-tensor scalar ``name`` of every anchored tensor, keyed by name or flat
+        position; tensors of groups the method leaves alone read 0.0."""
+        values: dict[Tensor, float] = {}
+        for per_dev in self._current_layouts():
+            for lay in per_dev.values():
+                column = lay.scalars[name].tolist()
+                for p, s in lay.slot_of.items():
+                    values[p] = column[s]
+        return {key: values.get(p, 0.0) for _group, key, p in anchored_params(self.param_groups)}
+
+    def workspace_bytes(self) -> int:
+        """Bytes of the persistent workspaces of bucketed small tensors (not state)."""
+        if self._layouts is None:
+            return 0
+        return sum(lay.workspace_bytes() for per in self._layouts for lay in per.values())
+
+    # ---- step ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = run_closure(closure)
+        for group, per_dev in zip(self.param_groups, self._current_layouts()):
+            if not per_dev:
+                params, grads = collect_grads(group["params"])
+                self.base_step(group, params, grads)
+                continue
+            for lay in per_dev.values():
+                step = lay.gather_all()
+                if step is not None:  # else no tensor of the layout has a gradient
+                    self._step_layout(group, lay, step)
+        return loss
+
+    def _kernel(self, fn: Callable) -> Callable:
+        return K.compiled(fn) if self._compile else fn
+
+    def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
+        """One step of the tensors of ``lay`` (``step``: their gathered gradients and weights)."""
+        raise NotImplementedError
+
+
+def adam_weight_decay(base: str, lr: float, wd: float) -> tuple[float, float]:
+    """``(decay, wdc)``: AdamW multiplies the weights by ``decay = 1 - lr*wd`` (decoupled);
+    Adam adds ``wdc * theta`` to the gradient (coupled L2, ``wdc = wd``)."""
+    decay = 1.0 - lr * wd if base == "adamw" else 1.0
+    wdc = wd if base == "adam" else 0.0
+    return decay, wdc
