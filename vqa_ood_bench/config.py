@@ -26,6 +26,12 @@ class TrainConfig(BaseModel):
     eval_steps: int = Field(0, ge=0)  # validation every N optimizer steps (0: only at the end)
     validation_size: int = Field(300, ge=0)
     save_steps: int = Field(0, ge=0)  # checkpoint every N steps for resume (0: none)
+    # Added for the paper recipes (configs/paper/); the defaults keep the earlier behaviour.
+    warmup_steps: int = Field(0, ge=0)  # > 0 overrides warmup_ratio
+    warmup_start_lr: float = Field(0.0, ge=0)  # linear warm-up starts here (the paper: 1e-4)
+    min_learning_rate: float = Field(0.0, ge=0)  # the cosine ends here (the paper: 1e-4)
+    eval_epochs: float = Field(0.0, ge=0)  # > 0: validation every N epochs (overrides eval_steps)
+    sharding: Literal["none", "fsdp", "deepspeed"] = "none"  # parameter sharding on top of data parallelism
 
 
 class RunConfig(BaseModel):

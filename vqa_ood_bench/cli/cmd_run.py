@@ -130,4 +130,4 @@ def default_config():
     """The embedded default: tuned so a warm run fits in ~3 minutes on 2 CPU cores."""
     from ..config import RunConfig, TrainConfig
 
-    return RunConfig(train=TrainConfig(learning_rate=1e-3, weight_decay=0.0, epochs=1.0, batch_size=64, warmup_ratio=0.05, eval_steps=0, validation_size=300))
+    return RunConfig(train=TrainConfig(learning_rate=1e-3, weight_decay=0.0, max_steps=400, batch_size=32, warmup_ratio=0.05, eval_steps=0, validation_size=300))

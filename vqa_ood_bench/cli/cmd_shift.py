@@ -36,7 +36,7 @@ EncoderOpt = Annotated[
 ]
 ShiftSuiteOpt = Annotated[Optional[str], typer.Option("--suite", help="Benchmark suite (default: the run's).")]
 ShrinkageOpt = Annotated[
-    str, typer.Option("--shrinkage", help="Covariance shrinkage: none (the paper's empirical covariance), ledoit-wolf, or a number in [0, 1].")
+    str, typer.Option("--shrinkage", help="Covariance shrinkage: auto (ledoit-wolf on the embedded suite, whose few question templates make the empirical covariance singular; none elsewhere, as in the paper), none, ledoit-wolf, or a number in [0, 1].")
 ]
 RidgeOpt = Annotated[float, typer.Option("--ridge", help="Added to the covariance diagonal (after shrinkage).", min=0.0)]
 PrecisionOpt = Annotated[
@@ -74,7 +74,7 @@ def shift(
     data_root: DataRootOpt = None,
     kinds: KindsOpt = "vision,question,joint",
     splits: SplitsOpt = None,
-    shrinkage: ShrinkageOpt = "none",
+    shrinkage: ShrinkageOpt = "auto",
     ridge: RidgeOpt = 0.0,
     precision: PrecisionOpt = "float64",
     batch_size: BatchOpt = 16,
@@ -101,7 +101,7 @@ def shift(
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    shrink = _parse_shrinkage(shrinkage)
+    shrink = _parse_shrinkage(shrinkage) if shrinkage.strip().lower() != "auto" else "auto"
     if data_root is not None and not data_root.is_dir():
         raise ConfigError(f"--data-root {str(data_root)!r} is not a folder")
 
@@ -133,6 +133,8 @@ def shift(
             raise ConfigError("--suite is required when a model (not a run folder) is given")
     if suite not in suite_names():
         raise ConfigError(f"unknown suite {suite!r}; known: {', '.join(suite_names())}")
+    if shrink == "auto":
+        shrink = "ledoit-wolf" if suite == "embedded" else None
 
     err = Console(stderr=True)
     log = (lambda s: None) if as_json else (lambda s: err.print(f"[dim]{s}[/dim]"))

@@ -21,14 +21,16 @@ from ..cache import cache_dir
 from ..config import TrainConfig
 from .paligemma import TinySpec, build_tiny_model, build_tiny_processor
 
-MIXTURE_VERSION = "1"
+MIXTURE_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class PretrainRecipe:
-    steps: int = 700
-    batch_size: int = 64
-    learning_rate: float = 1.5e-3
+    # Measured on 2 CPU cores: ~0.23 s per step, so ~5 minutes. lr 2e-3 sat on the answer-prior
+    # plateau for 1,200 steps (easy-VQA colour questions 6% zero-shot); 1e-3 escapes it.
+    steps: int = 1300
+    batch_size: int = 32
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.03
     seed: int = 0

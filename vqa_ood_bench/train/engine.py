@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import TrainConfig
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -96,27 +96,38 @@ def fit(
     show_progress: bool = True,
     bf16: bool = False,
     resume: bool = False,
+    method_name: str = "",
 ) -> FitResult:
     """Train ``model`` in place. ``validate(model) -> accuracy`` enables best-model selection.
 
     ``optimizer_factory(model, total_steps)`` lets a method hand in its own optimizer (the
     Trainer still builds the learning-rate schedule around it); ``step_hooks`` run after every
     optimizer step (projections such as MARS-SP's).
+
+    ``config.batch_size`` is the global micro-batch: on N processes each takes batch_size / N, so
+    the optimizer sees the same batches whatever N is. With ``config.save_steps`` the Trainer
+    checkpoints (weights, optimizer ``state_dict``, scheduler, RNG) and so does model selection
+    (best weights so far, history); ``resume=True`` continues from the last checkpoint.
     """
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    world = max(1, int(torch.distributed.get_world_size()) if torch.distributed.is_available() and torch.distributed.is_initialized() else 1)
-    per_step = config.batch_size * config.grad_accum * world
+    from ..distributed import check_sharding, per_device_batch, sharding_from_env, world_size
+
+    sharding = config.sharding if config.sharding != "none" else sharding_from_env()
+    check_sharding(method_name, sharding)
+    per_step = config.batch_size * config.grad_accum  # global: the same on any number of processes
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(len(train) * config.epochs / per_step))
+    eval_steps = max(1, round(config.eval_epochs * len(train) / per_step)) if config.eval_epochs > 0 else config.eval_steps
+    warmup_steps = config.warmup_steps or int(round(config.warmup_ratio * total_steps))
     args = TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_device_batch(config.batch_size, world_size()),
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         max_steps=total_steps,
-        warmup_steps=int(round(config.warmup_ratio * total_steps)),
+        warmup_steps=warmup_steps,
         lr_scheduler_type=config.scheduler,
         max_grad_norm=config.max_grad_norm,
         logging_steps=max(1, min(50, total_steps // 20)),
@@ -130,6 +141,7 @@ def fit(
         data_seed=seed,
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
+        **_sharding_args(config.sharding),
     )
 
     history: list[dict[str, float]] = []
@@ -167,8 +179,14 @@ def fit(
                 hook(model, tstate.global_step)
             if self.progress is not None:
                 self.progress.update(self.task, completed=tstate.global_step)
-            if config.eval_steps and tstate.global_step % config.eval_steps == 0 and tstate.global_step < total_steps:
+            if eval_steps and tstate.global_step % eval_steps == 0 and tstate.global_step < total_steps:
                 run_validation(tstate.global_step)
+
+        def on_save(self, args, tstate, control, **kw):
+            # Model selection is ours, not the Trainer's: checkpoint it with the Trainer's files.
+            folder = Path(args.output_dir) / f"checkpoint-{tstate.global_step}"
+            if folder.is_dir() and args.process_index == 0:
+                torch.save({**state, "history": history}, folder / SELECTION_FILE)
 
         def on_log(self, args, tstate, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -188,7 +206,14 @@ def fit(
     if optimizer_factory is not None:
         optimizers = (optimizer_factory(model, total_steps), None)
 
-    trainer = Trainer(
+    resume_from = _last_checkpoint(output_dir) if resume else None
+    if resume_from is not None and (resume_from / SELECTION_FILE).is_file():
+        saved = torch.load(resume_from / SELECTION_FILE, map_location="cpu", weights_only=True)
+        history.extend(saved.pop("history"))
+        state.update(saved)
+
+    trainer = _make_trainer(
+        schedule=_warmup_cosine(config, warmup_steps) if (config.warmup_start_lr or config.min_learning_rate) else None,
         model=model,
         args=args,
         train_dataset=train,
@@ -201,7 +226,7 @@ def fit(
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=True if resume and _has_checkpoint(output_dir) else None)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     finally:
         hooks = [c for c in trainer.callback_handler.callbacks if isinstance(c, Hooks)]
         if hooks and hooks[0].progress is not None:
@@ -224,4 +249,75 @@ def fit(
 
 
 def _has_checkpoint(folder: str | Path) -> bool:
-    return any(Path(folder).glob("checkpoint-*"))
+    return _last_checkpoint(folder) is not None
+
+
+SELECTION_FILE = "model_selection.pt"
+
+
+def _last_checkpoint(folder: str | Path) -> Path | None:
+    """The complete Trainer checkpoint with the highest step.
+
+    Complete: the Trainer writes trainer_state.json after weights, optimizer and RNG, and our
+    model-selection file comes after that, so a kill while saving leaves a folder skipped here.
+    """
+    found = []
+    for sub in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else []:
+        step = sub.name.rsplit("-", 1)[-1]
+        if step.isdigit() and (sub / "trainer_state.json").is_file() and (sub / SELECTION_FILE).is_file():
+            found.append((int(step), sub))
+    return max(found)[1] if found else None
+
+
+def _warmup_cosine(config: TrainConfig, warmup_steps: int) -> Callable[[int, int], float]:
+    """The paper's (LAVIS) schedule as a factor of the peak rate: linear warm-up from
+    ``warmup_start_lr``, then cosine from the peak down to ``min_learning_rate``."""
+    if config.scheduler != "cosine":
+        raise ConfigError(f"train.warmup_start_lr / train.min_learning_rate need scheduler 'cosine', not {config.scheduler!r}")
+    peak, start, floor = config.learning_rate, config.warmup_start_lr, config.min_learning_rate
+
+    def factor(step: int, total: int) -> float:
+        if step < warmup_steps:
+            return (start + (peak - start) * step / warmup_steps) / peak
+        progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+        return (floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))) / peak
+
+    return factor
+
+
+def _sharding_args(sharding: str) -> dict[str, Any]:
+    """TrainingArguments for parameter sharding asked for in the config (untested here: no GPUs)."""
+    if sharding == "fsdp":
+        return {"fsdp": "full_shard auto_wrap"}
+    if sharding == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise TrainingError("train.sharding 'deepspeed' needs the deepspeed package, which is not installed") from None
+        return {"deepspeed": {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+                              "gradient_accumulation_steps": "auto", "bf16": {"enabled": "auto"}}}
+    return {}
+
+
+def _scheduled_trainer_class():
+    from transformers import Trainer
+
+    class ScheduledTrainer(Trainer):
+        """The Trainer with an optional schedule of our own (a LambdaLR, so it checkpoints too)."""
+
+        def __init__(self, *a, schedule: Callable[[int, int], float] | None = None, **kw):
+            self._schedule = schedule
+            super().__init__(*a, **kw)
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self._schedule is None or self.lr_scheduler is not None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self._schedule(s, num_training_steps))
+            return self.lr_scheduler
+
+    return ScheduledTrainer
+
+
+def _make_trainer(**kw):
+    return _scheduled_trainer_class()(**kw)
