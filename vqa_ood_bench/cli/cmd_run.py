@@ -31,7 +31,7 @@ def run(
     out: OutOpt = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON run config; command-line options given explicitly override it.")] = None,
     variant: VariantOpt = "official",
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Training epochs (default: the config's).", min=0.0)] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Training epochs; replaces the config's step budget (default: the config's; with --limit and no --config: 1).", min=0.0)] = None,
     limit: LimitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -66,8 +66,12 @@ def run(
     param_of = {"scoring_variant": "variant"}
     update = {k: v for k, v in overrides.items() if param_of.get(k, k) in given or not config}
     cfg = cfg.model_copy(update=update)
-    if epochs is not None:
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+    if epochs is not None:  # an explicit epoch count replaces the config's step budget
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs, "max_steps": -1})})
+    elif limit is not None and not config:
+        # Smoke runs: the default's 400-step budget would loop over a few records for minutes;
+        # one epoch over the limited training split is what a smoke run means.
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1.0, "max_steps": -1})})
     cfg = RunConfig.model_validate(cfg.model_dump())
 
     err = Console(stderr=True)
