@@ -56,6 +56,10 @@ def _worker(rank: int, world: int, port: int, kind: str, out: str) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(_model())
         _train(kind, ddp, rank, world)
         torch.save({k: v.detach() for k, v in ddp.module.state_dict().items()}, f"{out}.{rank}")
+        # Both ranks reach here before either tears gloo down: a rank that destroys its group
+        # (rank 0 also hosts the TCP store) while the other still talks to it aborts with
+        # "terminate called without an active exception" about one run in three.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
