@@ -9,8 +9,9 @@ Three cases, all timed in the same process against torch's fastest AdamW on this
     vanilla AdamW against DiGraP.
 
 Step times are the median of ``--steps`` steps after ``--warmup`` steps (the first step of a
-compiled optimizer compiles and is reported separately). State bytes count each storage
-in ``optimizer.state`` once.
+compiled optimizer compiles and is reported separately); case (c) takes at least 30 steps per
+row, alternating the rows step by step. State bytes count each storage in ``optimizer.state``
+once.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_optim.py [--steps 10] [--no-compile] [--json]
 
@@ -115,19 +116,33 @@ def training_rows(steps: int, warmup: int, compile_: bool) -> list[dict[str, Any
               ("DiGraP adam (eager)", lambda m: DiGraP(m.named_parameters(), lr=1e-4, mu=0.5))]
     if compile_:
         makers.append(("DiGraP adam (compiled)", lambda m: DiGraP(m.named_parameters(), lr=1e-4, mu=0.5, compile=True)))
-    rows = []
+    # The models' steps are timed in alternation (one step of each per round), so that drift
+    # of the machine (other load, frequency) hits all rows alike; the rows differ by ~1 ms in
+    # ~70 ms steps.
+    runs = []
     for name, make in makers:
         model = build_tiny_model(processor)
         opt = make(model)
 
-        def step() -> None:
+        def step(model=model, opt=opt) -> None:
             model(**batch).loss.backward()
             opt.step()
             opt.zero_grad()
 
-        first, med = time_steps(step, steps, warmup)
-        rows.append(dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt),
-                         params=sum(p.numel() for p in model.parameters())))
+        t = time.perf_counter()
+        step()
+        first = time.perf_counter() - t
+        for _ in range(warmup):
+            step()
+        runs.append((name, model, opt, step, first, []))
+    for _ in range(steps):
+        for *_, step, _first, times in runs:
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+    rows = [dict(optimizer=name, first_s=first, step_ms=statistics.median(times) * 1e3, state_bytes=state_bytes(opt),
+                 params=sum(p.numel() for p in model.parameters()))
+            for name, model, opt, _step, first, times in runs]
     base = rows[0]["step_ms"]
     for r in rows:
         r["ratio"] = r["step_ms"] / base
@@ -165,7 +180,7 @@ def main() -> None:
         out["lora"] = optimizer_rows(shapes, "origin", args.steps, args.warmup, compile_)
         print_table(f"(b) LoRA, {len(shapes)} tensors (r=8, d=768)", out["lora"], base_name)
     if "train" in cases:
-        out["train"] = training_rows(args.steps, args.warmup, compile_)
+        out["train"] = training_rows(max(args.steps, 30), args.warmup, compile_)
         print_table(f"(c) whole training step, embedded tiny model ({out['train'][0]['params'] / 1e6:.2f} M params, batch 16)",
                     out["train"], "vanilla")
     if args.json:

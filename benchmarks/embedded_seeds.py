@@ -1,7 +1,7 @@
 """Methods x seeds on the embedded suite: per-split mean and spread, for the release notes.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/embedded_seeds.py \
-        --runs zeroshot:lora vanilla:lora vanilla:full --seeds 0 1 2 --out runs/seeds [--jobs 1]
+        --runs zeroshot:lora vanilla:lora vanilla:full --seeds 0 1 2 --out runs/seeds [--jobs 1] [--threads N]
 
 Each (method, adapter, seed) is an ordinary run folder under ``--out`` (resumed if present), so
 an interrupted sweep picks up where it stopped. Prints a table of mean ± sample standard
@@ -75,9 +75,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/seeds"))
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (each with 2/jobs threads)")
+    ap.add_argument("--threads", type=int, default=None, help="threads per run (default: cores / jobs)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
     jobs = [(*r.split(":"), s) for r in args.runs for s in args.seeds]
     folders: dict[tuple[str, str], list[Path]] = {}
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -343,3 +343,38 @@ def test_resume_with_plain_step_tensors(kwargs):
             opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+def _row_block_pair(make_opt, monkeypatch, steps: int = 6):
+    """The same optimizer run on a large (directly processed) float64 tensor with eager row
+    blocks and without them; returns both parameter sets and the block count used."""
+    from vqa_ood_bench.optim import _bucketed
+
+    gen = torch.Generator().manual_seed(3)
+    init = [torch.randn(300, 250, generator=gen, dtype=torch.float64) * 0.1, torch.randn(250, generator=gen, dtype=torch.float64)]
+    grads = [[torch.randn(t.shape, generator=gen, dtype=torch.float64) * 0.05 for t in init] for _ in range(steps)]
+    out, blocks = [], []
+    for block in (1000, 1 << 40):
+        monkeypatch.setattr(_bucketed, "EAGER_BLOCK_NUMEL", block)
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = make_opt(ps)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        lay = next(iter(opt._layouts[0].values()))
+        blocks.append(max(len(opt._row_blocks(b)) for b in lay.buckets))
+        out.append(ps)
+    return out, blocks
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+def test_eager_row_blocks_match_whole_tensor(base, monkeypatch):
+    """On the CPU the eager kernels run large tensors in row blocks (cache-sized temporaries);
+    per-tensor sums add up over blocks, so the trajectory is the whole-tensor one."""
+    kw = dict(lr=0.05, mu=0.5, base=base, weight_decay=0.01, **({"momentum": 0.9} if base == "sgd" else {}))
+    (blocked, whole), blocks = _row_block_pair(lambda ps: DiGraP(ps, **kw), monkeypatch)
+    assert blocks[0] > 10 and blocks[1] == 1
+    for a, b in zip(blocked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert not torch.equal(blocked[0], whole[0].detach() * 0)  # (it moved)

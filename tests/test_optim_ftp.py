@@ -144,3 +144,16 @@ def test_state_dict_round_trip_resumes_bit_identically():
 def test_invalid_options_raise_config_error(bad):
     with pytest.raises(ConfigError):
         FTP(make_params(), **bad)
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+def test_eager_row_blocks_match_whole_tensor(base, monkeypatch):
+    """Row-blocked eager kernels (large tensors on the CPU): the hyper-gradient adds up over
+    blocks, the largest row norm is their max, the projection is row-local."""
+    from test_optim_digrap import _row_block_pair
+
+    kw = dict(lr=0.05, base=base, **({"momentum": 0.9} if base == "sgd" else {}))
+    (blocked, whole), blocks = _row_block_pair(lambda ps: FTP(ps, **kw), monkeypatch)
+    assert blocks[0] > 10 and blocks[1] == 1
+    for a, b in zip(blocked, whole):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

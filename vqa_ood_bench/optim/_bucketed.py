@@ -15,7 +15,10 @@ from torch import Tensor
 
 from . import _kernels as K
 from ._base import RobustOptimizer
-from ._common import Gathered, Layout, anchored_params, collect_grads, run_closure, scalars_to_python
+from ._common import Bucket, Gathered, Layout, anchored_params, collect_grads, run_closure, scalars_to_python
+
+#: eager kernels on the CPU run on row blocks of about this many elements (see _row_blocks)
+EAGER_BLOCK_NUMEL = 1 << 17
 
 
 class BucketedBase(RobustOptimizer):
@@ -105,12 +108,39 @@ class BucketedBase(RobustOptimizer):
                     self._step_layout(group, lay, step)
         return loss
 
+    def _row_blocks(self, b: Bucket) -> list[slice]:
+        """Row ranges the kernels of bucket ``b`` run on, one call each.
+
+        Compiled kernels make one sweep and take the whole tensor. The eager kernels make
+        ~30 sweeps through tensor-sized temporaries; on the CPU a large tensor is cut into
+        blocks of about :data:`EAGER_BLOCK_NUMEL` elements so that the temporaries stay in
+        cache (3x faster on a 3072 x 768 tensor). Every kernel here is row-local, and its
+        per-tensor sums add up over row blocks.
+        """
+        if self._compile or not b.direct or b.rows < 2 or b.rows * b.cols <= 2 * EAGER_BLOCK_NUMEL:
+            return [slice(None)]
+        if b.params[0].device.type != "cpu":
+            return [slice(None)]
+        n = max(1, EAGER_BLOCK_NUMEL // b.cols)
+        return [slice(i, i + n) for i in range(0, b.rows, n)]
+
     def _kernel(self, fn: Callable) -> Callable:
-        return K.compiled(fn) if self._compile else fn
+        """``fn`` as the bucket loop calls it: ``kernel(bucket)(*args)``."""
+        if not self._compile:
+            return lambda b: fn
+        dyn, static = K.compiled(fn), K.compiled(fn, static=True)
+        return lambda b: static if b.direct else dyn
 
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         """One step of the tensors of ``lay`` (``step``: their gathered gradients and weights)."""
         raise NotImplementedError
+
+
+def rows(t: Tensor | None, sl: slice) -> Tensor | None:
+    """Rows ``sl`` of an ``(n, rows, cols)`` block (``None`` stays ``None``)."""
+    if t is None or sl == slice(None):
+        return t
+    return t[:, sl]
 
 
 def adam_weight_decay(base: str, lr: float, wd: float) -> tuple[float, float]:

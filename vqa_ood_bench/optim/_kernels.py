@@ -347,28 +347,36 @@ _INDUCTOR_OPTIONS = {
 }
 
 _lock = threading.Lock()
-_cache: dict[Callable, Callable] = {}
+_cache: dict[tuple[Callable, bool], Callable] = {}
+
+#: recompiles allowed per kernel: flags x size-1 dimensions x (static) distinct large shapes
+RECOMPILE_LIMIT = 256
 
 
-def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` with dynamic shapes, cached per kernel (shared by all optimizers).
+def compiled(fn: Callable, *, static: bool = False) -> Callable:
+    """``torch.compile(fn)``, cached per kernel and mode (shared by all optimizers).
 
-    Each kernel specialises on its flags (reduction dim, masked, with_prev) and on size-1
-    dimensions, so the recompile limit is raised to fit them. If compiling fails (no C
-    compiler, an unsupported build), the kernel falls back to eager for the rest of the
-    process, with one warning: same results, only slower.
+    ``static=False`` compiles for dynamic shapes (one compiled kernel serves every bucket);
+    ``static=True`` specialises on each shape, which lets the C++ code drop tail loops and
+    index arithmetic (~10% faster on large tensors, one compile per distinct shape): used for
+    the large tensors that are processed in place. Each kernel also specialises on its flags
+    (reduction dim, masked, with_prev, anchor or not) and on size-1 dimensions, so the
+    recompile limit is raised to fit them. If compiling fails (no C compiler, an unsupported
+    build), the kernel falls back to eager for the rest of the process, with one warning:
+    same results, only slower.
     """
     with _lock:
-        out = _cache.get(fn)
+        out = _cache.get((fn, static))
         if out is None:
             import torch._dynamo
 
             cfg = torch._dynamo.config
             for key in ("recompile_limit", "cache_size_limit"):
                 if hasattr(cfg, key):
-                    setattr(cfg, key, max(getattr(cfg, key), 64))
-            out = _with_eager_fallback(fn, torch.compile(fn, dynamic=True, options=dict(_INDUCTOR_OPTIONS)))
-            _cache[fn] = out
+                    setattr(cfg, key, max(getattr(cfg, key), RECOMPILE_LIMIT))
+            comp = torch.compile(fn, dynamic=not static, options=dict(_INDUCTOR_OPTIONS))
+            out = _with_eager_fallback(fn, comp)
+            _cache[(fn, static)] = out
         return out
 
 

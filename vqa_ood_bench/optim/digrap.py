@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import _kernels as K
-from ._bucketed import BucketedBase, adam_weight_decay
+from ._bucketed import BucketedBase, adam_weight_decay, rows
 from ._common import Gathered, Layout, scalar_adam
 
 __all__ = ["DiGraP"]
@@ -205,11 +205,17 @@ class DiGraP(BucketedBase):
             g, p, _ = gat
             p0 = b.bufs.get("anchor")
             cs = b.rows_of(cstats, K.compute_dtype(p.dtype))
-            if sgd:
-                prev = b.bufs.get("last_update", b.bufs.get("momentum_buffer"))
-                out = stats_fn(g, p, p0, prev, cs, with_prev, b.red_dim)
-            else:
-                out = stats_fn(g, p, p0, b.bufs["exp_avg"], b.bufs["exp_avg_sq"], cs, with_prev, float(group["eps"]), b.red_dim)
+            fn = stats_fn(b)
+            out = None
+            for sl in self._row_blocks(b):  # per-tensor sums add up over row blocks
+                R = lambda t: rows(t, sl)  # noqa: E731
+                if sgd:
+                    prev = b.bufs.get("last_update", b.bufs.get("momentum_buffer"))
+                    o = fn(R(g), R(p), R(p0), R(prev), cs, with_prev, b.red_dim)
+                else:
+                    o = fn(R(g), R(p), R(p0), R(b.bufs["exp_avg"]), R(b.bufs["exp_avg_sq"]), cs, with_prev,
+                           float(group["eps"]), b.red_dim)
+                out = o if out is None else out + o
             outs.append(out.to(sdt))
         stats = torch.cat(outs, 0)
         d, dd, gg, h = stats.unbind(1)
@@ -253,19 +259,28 @@ class DiGraP(BucketedBase):
 
         # --- pass 2: base step with the projected gradient ----------------------------
         upd_fn = self._kernel(K.digrap_sgd_update if sgd else K.digrap_adam_update)
+        # Members whose b is 0 (no conflict, or omega = 0) do not need the anchor; a bucket
+        # whose members all have b = 0 skips reading it (1 of 8 memory streams of the Adam
+        # update). Only on the CPU: on a GPU the check would be a host sync per step.
+        no_proj = (bcoef == 0).tolist() if dev.type == "cpu" else None
         for b, gat in zip(lay.buckets, step.blocks):
             if gat is None:
                 continue
             g, p, act = gat
             p0 = b.bufs.get("anchor")
+            if no_proj is not None and all(no_proj[b.slots.start : b.slots.stop]):
+                p0 = None
             cu = b.rows_of(cupd, K.compute_dtype(p.dtype))
             masked = len(act) < b.n
-            if sgd:
-                upd_fn(g, p, p0, b.bufs.get("momentum_buffer"), b.bufs.get("last_update"), cu,
+            fn = upd_fn(b)
+            for sl in self._row_blocks(b):
+                R = lambda t: rows(t, sl)  # noqa: E731
+                if sgd:
+                    fn(R(g), R(p), R(p0), R(b.bufs.get("momentum_buffer")), R(b.bufs.get("last_update")), cu,
                        float(group["momentum"]), float(group["dampening"]), bool(group["nesterov"]), masked)
-            else:
-                b1, b2 = group["betas"]
-                upd_fn(g, p, p0, b.bufs["exp_avg"], b.bufs["exp_avg_sq"], cu,
+                else:
+                    b1, b2 = group["betas"]
+                    fn(R(g), R(p), R(p0), R(b.bufs["exp_avg"]), R(b.bufs["exp_avg_sq"]), cu,
                        float(b1), float(b2), float(group["eps"]), masked)
             lay.scatter(b, act)
 

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError
 from . import _kernels as K
-from ._bucketed import BucketedBase, adam_weight_decay
+from ._bucketed import BucketedBase, adam_weight_decay, rows
 from ._common import Gathered, Layout, scalar_adam
 
 __all__ = ["FTP"]
@@ -147,14 +147,24 @@ class FTP(BucketedBase):
             p0 = b.bufs.get("anchor")
             cs = b.rows_of(coef, K.compute_dtype(p.dtype))
             masked = len(act) < b.n
-            if sgd:
-                tot, rn = cand_fn(g, p, p0, b.bufs.get("momentum_buffer"), b.bufs["prev_c"], cs,
-                                  float(group["momentum"]), float(group["dampening"]), bool(group["nesterov"]),
-                                  b.red_dim, masked)
-            else:
-                b1, b2 = group["betas"]
-                tot, rn = cand_fn(g, p, p0, b.bufs["exp_avg"], b.bufs["exp_avg_sq"], b.bufs["prev_c"], cs,
-                                  float(b1), float(b2), float(group["eps"]), b.red_dim, masked)
+            fn = cand_fn(b)
+            parts = []
+            for sl in self._row_blocks(b):
+                R = lambda t: rows(t, sl)  # noqa: E731
+                if sgd:
+                    parts.append(fn(R(g), R(p), R(p0), R(b.bufs.get("momentum_buffer")), R(b.bufs["prev_c"]), cs,
+                                    float(group["momentum"]), float(group["dampening"]), bool(group["nesterov"]),
+                                    b.red_dim, masked))
+                else:
+                    b1, b2 = group["betas"]
+                    parts.append(fn(R(g), R(p), R(p0), R(b.bufs["exp_avg"]), R(b.bufs["exp_avg_sq"]), R(b.bufs["prev_c"]), cs,
+                                    float(b1), float(b2), float(group["eps"]), b.red_dim, masked))
+            if len(parts) == 1:
+                tot, rn = parts[0]
+            else:  # row blocks: the hyper-gradient adds up, the largest row norm is the max
+                tots = torch.stack([t for t, _ in parts])
+                tot = torch.stack([tots[:, :, 0].sum(0), tots[:, :, 1].amax(0)], 1)
+                rn = torch.cat([r for _, r in parts], 1)
             totals.append(tot.to(sdt))
             rownorms.append(rn)
         gg, max_norm = torch.cat(totals, 0).unbind(1)
@@ -180,7 +190,10 @@ class FTP(BucketedBase):
                 continue
             g, p, act = gat
             cs = b.rows_of(pcoef, K.compute_dtype(p.dtype))
-            proj_fn(p, b.bufs.get("anchor"), b.bufs["prev_c"], rn, cs, b.red_dim, len(act) < b.n)
+            fn = proj_fn(b)
+            for sl in self._row_blocks(b):
+                fn(rows(p, sl), rows(b.bufs.get("anchor"), sl), rows(b.bufs["prev_c"], sl),
+                   rn if sl == slice(None) else rn[:, sl], cs, b.red_dim, len(act) < b.n)
             lay.scatter(b, act)
 
         lay.commit(step, {"step": tn, "gamma": gam, "gamma_exp_avg": gm, "gamma_exp_avg_sq": gv})
