@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--skip-sklearn", action="store_true")
     ap.add_argument("--precisions", default="float64,mixed,float32")
     ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--block-size", type=int, default=512)
+    ap.add_argument("--block-size", type=int, default=256)
     args = ap.parse_args()
     n, d = args.n, args.d
 

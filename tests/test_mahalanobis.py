@@ -7,6 +7,7 @@ returns (squared distances); ``squared_distance`` returns ``d^2`` itself.
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 import pytest
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf, ShrunkCovariance, ledoit_wolf_shrinkage
 
@@ -133,6 +134,19 @@ def test_reduced_precision_close_to_float64(precision: str, score_rtol: float) -
     assert rel(fast.location_, exact.location_) < RTOL
     np.testing.assert_allclose(fast.score(T), exact.score(T), rtol=score_rtol)
     assert fast.score(T).dtype == np.float64
+
+
+@pytest.mark.parametrize("block_size", [37, 64, 1000])
+def test_float32_blocked_inverse_factor_scoring(block_size: int) -> None:
+    """float32 scoring multiplies by L^-1 in column blocks that skip its zero half (uneven
+    blocks, one block): the same distances as SciPy's float64 solve on the same statistics."""
+    rng = np.random.default_rng(9)
+    X = correlated(rng, 4000, 150, offset=5.0, decay=0.5).astype(np.float32)
+    T = correlated(rng, 200, 150, offset=5.0, decay=0.5).astype(np.float32)
+    est = MahalanobisEstimator(precision="float32", batch_size=512, block_size=block_size).fit(X)
+    L = scipy.linalg.cholesky(est.covariance_, lower=True)
+    Z = scipy.linalg.solve_triangular(L, (T.astype(np.float64) - est.location_).T, lower=True)
+    np.testing.assert_allclose(est.squared_distance(T), (Z * Z).sum(0), rtol=2e-4)
 
 
 def test_save_load_roundtrip_and_key_check(tmp_path) -> None:
