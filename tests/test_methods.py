@@ -275,3 +275,19 @@ def test_anchored_groups_anchor_adapters_at_the_origin(adapter) -> None:
             no_decay = n.endswith(".bias") or "norm" in n.split(".")[-2]
             assert g["weight_decay"] == (0.0 if no_decay else 0.1), n
     assert {g["anchor"] for g in groups} == ({"origin"} if adapter == "lora" else {"pretrained"})
+
+
+@pytest.mark.parametrize("name", ["digrap", "ftp"])
+def test_compile_setting_auto_by_size_and_checked_early(name, monkeypatch):
+    from vqa_ood_bench.methods import anchored
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1000, 30))]}]
+    auto = get_method(name)
+    assert auto.params["compile"] == "auto"
+    assert anchored.want_compile(auto, groups) is False  # 30,000 elements: eager
+    monkeypatch.setattr(anchored, "AUTO_COMPILE_NUMEL", 30_000)
+    assert anchored.want_compile(auto, groups) is True
+    assert anchored.want_compile(get_method(name, compile=False), groups) is False
+    assert anchored.want_compile(get_method(name, compile="true"), groups) is True
+    with pytest.raises(ConfigError, match="compile must be"):
+        get_method(name, compile="sometimes").check(RunConfig(method=name, adapter="lora"))
