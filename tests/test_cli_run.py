@@ -21,6 +21,10 @@ from vqa_ood_bench.report.schema import read_results
         (["run", "--variant", "nosuch"], "unknown scoring variant 'nosuch'"),
         (["run", "--adapter", "half"], "unknown adapter 'half'"),
         (["run", "--data-root", "/no/such/folder"], "is not a folder"),
+        (["run", "--method", "digrap", "--param", "nope=1"], "method 'digrap' has no parameter(s) nope"),
+        (["run", "--method", "digrap", "--param", "mu"], "expected KEY=VALUE"),
+        (["run", "--method", "digrap", "--param", "compile=sometimes"], "compile must be true, false or auto"),
+        (["run", "--method", "all", "--param", "mu=1"], "for --method all put method_params in a --config"),
     ],
 )
 def test_bad_arguments_give_one_line(capsys, argv, fragment) -> None:
@@ -73,3 +77,23 @@ def test_end_to_end_on_a_few_dozen_examples(capsys, tmp_path: Path) -> None:
     # A different run into the same folder is refused rather than mixed with it.
     assert main(["run", "--method", "zeroshot", "--limit", "24", "--out", str(out)]) == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_param_values_reach_the_run_config(monkeypatch, tmp_path: Path) -> None:
+    """--param KEY=VALUE (YAML scalars) overrides the config's method_params, before any training."""
+    from vqa_ood_bench import runner
+    from vqa_ood_bench.cli.cmd_run import parse_params
+
+    assert parse_params(["mu=0.25", "omega=null", "compile=true", "log_every=5", "name=x=y"]) == {
+        "mu": 0.25, "omega": None, "compile": True, "log_every": 5, "name": "x=y"}
+    seen = {}
+
+    def fake_run(cfg, out, **kw):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "run_benchmark", fake_run)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: digrap\nmethod_params: {mu: 0.5, omega: 0.3}\n")
+    main(["run", "--config", str(cfg), "--param", "omega=1.0", "--out", str(tmp_path / "r")])  # (stops in fake_run)
+    assert seen["cfg"].method == "digrap" and seen["cfg"].method_params == {"mu": 0.5, "omega": 1.0}

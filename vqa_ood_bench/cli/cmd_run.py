@@ -33,6 +33,7 @@ def run(
     variant: VariantOpt = "official",
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="Training epochs; replaces the config's step budget (default: the config's; with --limit and no --config: 1).", min=0.0)] = None,
     limit: LimitOpt = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Method parameter KEY=VALUE (repeatable; VALUE read as YAML: 0.5, true, null), e.g. --param mu=0.5 --param omega=1.0; overrides the config's method_params.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune MODEL with METHOD on the suite's training split, score every split, write results.json."""
@@ -72,7 +73,15 @@ def run(
         # Smoke runs: the default's 400-step budget would loop over a few records for minutes;
         # one epoch over the limited training split is what a smoke run means.
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1.0, "max_steps": -1})})
+    if param:
+        if method == ALL:
+            raise ConfigError("--param sets one method's parameters; for --method all put method_params in a --config")
+        cfg = cfg.model_copy(update={"method_params": {**cfg.method_params, **parse_params(param)}})
     cfg = RunConfig.model_validate(cfg.model_dump())
+    if param:
+        from ..methods.base import get_method
+
+        get_method(cfg.method, **cfg.method_params).check(cfg)  # unknown or bad parameters: before any slow work
 
     err = Console(stderr=True)
     log = (lambda s: None) if as_json else (lambda s: err.print(f"[dim]{s}[/dim]"))
@@ -88,6 +97,25 @@ def run(
     run_dir = Path(out) if out else None
     where = run_dir or Path("runs") / results.run_id
     console.print(f"results: {where / 'results.json'}  ·  total {results.timings.get('total_s', 0):.0f} s  ·  peak memory {results.peak_memory_mb:.0f} MB")
+
+
+def parse_params(items: list[str]) -> dict[str, object]:
+    """``["mu=0.5", "omega=null"]`` -> ``{"mu": 0.5, "omega": None}`` (values read as YAML scalars)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE, e.g. --param mu=0.5")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, (dict, list)):
+            raise ConfigError(f"--param {item!r}: VALUE must be a single number, boolean, null or string")
+        out[key.strip()] = parsed
+    return out
 
 
 def run_sweep(cfg, out: Optional[Path], *, log, as_json: bool, params_for: Optional[str] = None) -> None:
