@@ -80,7 +80,7 @@ def test_end_to_end_on_a_few_dozen_examples(capsys, tmp_path: Path) -> None:
 
 
 def test_param_values_reach_the_run_config(monkeypatch, tmp_path: Path) -> None:
-    """--param KEY=VALUE (YAML scalars) overrides the config's method_params, before any training."""
+    """--param KEY=VALUE (JSON values where they parse) overrides the config's method_params, before any training."""
     from vqa_ood_bench import runner
     from vqa_ood_bench.cli.cmd_run import parse_params
 

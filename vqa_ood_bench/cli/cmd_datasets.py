@@ -9,9 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..errors import BenchError, ConfigError
+from ..errors import BenchError
 from .app import datasets_app
-from .options import JsonOpt
+from .options import JsonOpt, parse_key_values
 
 
 def _dataset_rows() -> list[dict[str, Any]]:
@@ -116,20 +116,6 @@ def list_command(json_out: JsonOpt = False) -> None:
     console.print(st)
 
 
-def _parse_options(values: list[str]) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        opts[key.strip()] = value
-    return opts
-
-
 @datasets_app.command("verify")
 def verify_command(
     name: Annotated[str, typer.Argument(help="Registered dataset name (see `datasets list`).")],
@@ -143,7 +129,7 @@ def verify_command(
     """Check files, count records and images, list missing images and malformed records (no image is opened)."""
     from ..data.verify import verify_dataset
 
-    opts = _parse_options(option or [])
+    opts = parse_key_values(option or [], "--option")
     if split is not None:
         opts["split"] = split
     result = verify_dataset(name, root, **opts)

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..errors import ConfigError
 from .app import app
-from .options import DataRootOpt, JsonOpt, LimitOpt, ModelOpt, OutOpt, SeedOpt, VariantOpt
+from .options import DataRootOpt, JsonOpt, LimitOpt, ModelOpt, OutOpt, SeedOpt, VariantOpt, parse_key_values
 
 DEFAULT_METHOD = "vanilla"
 ALL = "all"
@@ -33,7 +33,7 @@ def run(
     variant: VariantOpt = "official",
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="Training epochs; replaces the config's step budget (default: the config's; with --limit and no --config: 1).", min=0.0)] = None,
     limit: LimitOpt = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", help="Method parameter KEY=VALUE (repeatable; VALUE read as YAML: 0.5, true, null), e.g. --param mu=0.5 --param omega=1.0; overrides the config's method_params.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Method parameter KEY=VALUE (repeatable; VALUE read as JSON where it is: 0.5, true, null), e.g. --param mu=0.5 --param omega=1.0; overrides the config's method_params.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune MODEL with METHOD on the suite's training split, score every split, write results.json."""
@@ -100,22 +100,12 @@ def run(
 
 
 def parse_params(items: list[str]) -> dict[str, object]:
-    """``["mu=0.5", "omega=null"]`` -> ``{"mu": 0.5, "omega": None}`` (values read as YAML scalars)."""
-    import yaml
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE, e.g. --param mu=0.5")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        if isinstance(parsed, (dict, list)):
-            raise ConfigError(f"--param {item!r}: VALUE must be a single number, boolean, null or string")
-        out[key.strip()] = parsed
-    return out
+    """``--param`` values: :func:`.options.parse_key_values`, single values only."""
+    params = parse_key_values(items, "--param")
+    for key, value in params.items():
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"--param {key}: VALUE must be a single number, boolean, null or string")
+    return params
 
 
 def run_sweep(cfg, out: Optional[Path], *, log, as_json: bool, params_for: Optional[str] = None) -> None:

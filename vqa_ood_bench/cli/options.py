@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+
+from ..errors import ConfigError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")]
 SuiteOpt = Annotated[str, typer.Option("--suite", help="Benchmark suite (see `datasets list`).")]
@@ -22,3 +25,20 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to wri
 LimitOpt = Annotated[
     Optional[int], typer.Option("--limit", help="Use at most N records per split (smoke runs).", min=1)
 ]
+
+
+def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+    """``["mu=0.5", "omega=null", "name=x"]`` -> ``{"mu": 0.5, "omega": None, "name": "x"}``:
+    each VALUE read as JSON where it is JSON, else kept as the string (``option`` names the
+    command-line option in the error)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} mu=0.5")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip()] = value
+    return out

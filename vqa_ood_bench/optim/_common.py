@@ -566,12 +566,11 @@ class Layout:
         assert b.gwork is not None and b.pwork is not None
         gv, pv = b.gviews, b.pviews
         # (the step runs under no_grad: parameters are copied from/to without detach())
+        torch._foreach_copy_(pv, b.params)
         if len(act) == b.n:
             torch._foreach_copy_(gv, [p.grad for p in b.params])
-            torch._foreach_copy_(pv, b.params)
         else:
             torch._foreach_copy_([gv[j] for j in act], [b.params[j].grad for j in act])
-            torch._foreach_copy_(pv, b.params)
             active = set(act)
             torch._foreach_zero_([gv[j] for j in range(b.n) if j not in active])
         return b.gwork, b.pwork, act

@@ -206,11 +206,11 @@ class DiGraP(BucketedBase):
             p0 = b.bufs.get("anchor")
             cs = b.rows_of(cstats, K.compute_dtype(p.dtype))
             fn = stats_fn(b)
+            prev = b.bufs.get("last_update", b.bufs.get("momentum_buffer"))  # (SGD base)
             out = None
             for sl in self._row_blocks(b):  # per-tensor sums add up over row blocks
                 R = lambda t: rows(t, sl)  # noqa: E731
                 if sgd:
-                    prev = b.bufs.get("last_update", b.bufs.get("momentum_buffer"))
                     o = fn(R(g), R(p), R(p0), R(prev), cs, with_prev, b.red_dim)
                 else:
                     o = fn(R(g), R(p), R(p0), R(b.bufs["exp_avg"]), R(b.bufs["exp_avg_sq"]), cs, with_prev,

@@ -193,7 +193,7 @@ class FTP(BucketedBase):
             fn = proj_fn(b)
             for sl in self._row_blocks(b):
                 fn(rows(p, sl), rows(b.bufs.get("anchor"), sl), rows(b.bufs["prev_c"], sl),
-                   rn if sl == slice(None) else rn[:, sl], cs, b.red_dim, len(act) < b.n)
+                   rows(rn, sl), cs, b.red_dim, len(act) < b.n)
             lay.scatter(b, act)
 
         lay.commit(step, {"step": tn, "gamma": gam, "gamma_exp_avg": gm, "gamma_exp_avg_sq": gv})

@@ -210,7 +210,7 @@ class MahalanobisEstimator:
 
     def _invalidate(self) -> None:
         self._chol_lower: Optional[torch.Tensor] = None  # L with Sigma = L L^T
-        self._wt_cache: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (L, float32 (L^-1)^T)
+        self._inv_factor_t: Optional[torch.Tensor] = None  # float32 (L^-1)^T, made on first float32 scoring
         self._location: Optional[torch.Tensor] = None
         self.location_: Optional[np.ndarray] = None
         self.raw_covariance_: Optional[np.ndarray] = None
@@ -357,7 +357,7 @@ class MahalanobisEstimator:
         # float32: multiply by W^T, W = L^-1 (triangular, made once in float64 by a triangular
         # solve) in column blocks that skip W's zero half: the same flops as a solve, in plain
         # GEMMs, which run ~1.4x faster than a float32 triangular solve on the CPU
-        Wt = self._inverse_factor_t(self.block_size) if solve_dtype == torch.float32 else None
+        Wt = self._inverse_factor_t() if solve_dtype == torch.float32 else None
         loc = self._location
         # float32 solve: centre in float32 with the mean split into two float32 parts (hi + lo = the
         # float64 mean to ~1e-14): within a float32 rounding of centring in float64 and rounding, without
@@ -382,16 +382,13 @@ class MahalanobisEstimator:
                 raise DataError("features to score contain NaN or infinite values")
             yield q.cpu().numpy()
 
-    def _inverse_factor_t(self, block: int) -> torch.Tensor:
-        """``(L^-1)^T`` as float32 (upper triangular), cached with the factor."""
-        cached = getattr(self, "_wt_cache", None)
-        if cached is not None and cached[0] is self._chol_lower:
-            return cached[1]
-        L = self._chol_lower
-        eye = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
-        Wt = torch.linalg.solve_triangular(L, eye, upper=False).T.contiguous().to(torch.float32)
-        self._wt_cache = (L, Wt)
-        return Wt
+    def _inverse_factor_t(self) -> torch.Tensor:
+        """``(L^-1)^T`` as float32 (upper triangular); reset with the factor by ``_invalidate``."""
+        if self._inv_factor_t is None:
+            L = self._chol_lower
+            eye = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
+            self._inv_factor_t = torch.linalg.solve_triangular(L, eye, upper=False).T.contiguous().to(torch.float32)
+        return self._inv_factor_t
 
     def score(self, X: ArrayLike) -> np.ndarray:
         """Per-sample shift scores: negative Mahalanobis distances (float64, <= 0)."""
