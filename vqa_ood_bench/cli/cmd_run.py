@@ -101,7 +101,7 @@ def run(
 
 def parse_params(items: list[str]) -> dict[str, object]:
     """``--param`` values: :func:`.options.parse_key_values`, single values only."""
-    params = parse_key_values(items, "--param")
+    params = parse_key_values(items, "--param", "mu=0.5")
     for key, value in params.items():
         if isinstance(value, (dict, list)):
             raise ConfigError(f"--param {key}: VALUE must be a single number, boolean, null or string")

@@ -27,7 +27,7 @@ LimitOpt = Annotated[
 ]
 
 
-def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+def parse_key_values(items: list[str], option: str, example: str = "key=value") -> dict[str, Any]:
     """``["mu=0.5", "omega=null", "name=x"]`` -> ``{"mu": 0.5, "omega": None, "name": "x"}``:
     each VALUE read as JSON where it is JSON, else kept as the string (``option`` names the
     command-line option in the error)."""
@@ -35,7 +35,7 @@ def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} mu=0.5")
+            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} {example}")
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
