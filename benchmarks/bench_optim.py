@@ -9,9 +9,9 @@ Three cases, all timed in the same process against torch's fastest AdamW on this
     vanilla AdamW against DiGraP.
 
 Step times are the median of ``--steps`` steps after ``--warmup`` steps (the first step of a
-compiled optimizer compiles and is reported separately); case (c) takes at least 30 steps per
-row, alternating the rows step by step. State bytes count each storage in ``optimizer.state``
-once.
+compiled optimizer compiles and is reported separately), the rows of a case stepped in turn
+(one step each per round, so that the machine's drift hits them alike); case (c) takes at
+least 30 steps per row. State bytes count each storage in ``optimizer.state`` once.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_optim.py [--steps 10] [--no-compile] [--json]
 
@@ -64,19 +64,25 @@ def has_fused_adamw() -> bool:
         return False
 
 
-def time_steps(step: Callable[[], Any], steps: int, warmup: int) -> tuple[float, float]:
-    """``(first step seconds, median of the next ``steps`` after ``warmup``)``."""
-    t = time.perf_counter()
-    step()
-    first = time.perf_counter() - t
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
+def time_alternating(steps_of: list[Callable[[], Any]], steps: int, warmup: int) -> list[tuple[float, float]]:
+    """``(first step seconds, median step seconds)`` per callable. After each one's first step
+    and ``warmup`` more, the callables are stepped in turn, one step each per round: this
+    machine's speed drifts by up to 2x within minutes, and alternating makes the drift hit
+    every row alike, so that the ratios within one run hold."""
+    firsts = []
+    for step in steps_of:
         t = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t)
-    return first, statistics.median(times)
+        firsts.append(time.perf_counter() - t)
+        for _ in range(warmup):
+            step()
+    times: list[list[float]] = [[] for _ in steps_of]
+    for _ in range(steps):
+        for step, ts in zip(steps_of, times):
+            t = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - t)
+    return [(f, statistics.median(ts)) for f, ts in zip(firsts, times)]
 
 
 def optimizer_rows(shapes, anchor: str, steps: int, warmup: int, compile_: bool) -> list[dict[str, Any]]:
@@ -91,13 +97,10 @@ def optimizer_rows(shapes, anchor: str, steps: int, warmup: int, compile_: bool)
     makers.append(("FTP adamw (eager)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor)))
     if compile_:
         makers.append(("FTP adamw (compiled)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor, compile=True)))
-    rows = []
-    for name, make in makers:
-        ps = make_params(shapes)
-        opt = make(ps)
-        first, med = time_steps(opt.step, steps, warmup)
-        rows.append(dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt)))
-        del opt, ps
+    opts = [make(make_params(shapes)) for _name, make in makers]
+    timed = time_alternating([opt.step for opt in opts], steps, warmup)
+    rows = [dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt))
+            for (name, _make), opt, (first, med) in zip(makers, opts, timed)]
     base = rows[0]["step_ms"]
     for r in rows:
         r["ratio"] = r["step_ms"] / base
@@ -116,9 +119,6 @@ def training_rows(steps: int, warmup: int, compile_: bool) -> list[dict[str, Any
               ("DiGraP adam (eager)", lambda m: DiGraP(m.named_parameters(), lr=1e-4, mu=0.5))]
     if compile_:
         makers.append(("DiGraP adam (compiled)", lambda m: DiGraP(m.named_parameters(), lr=1e-4, mu=0.5, compile=True)))
-    # The models' steps are timed in alternation (one step of each per round), so that drift
-    # of the machine (other load, frequency) hits all rows alike; the rows differ by ~1 ms in
-    # ~70 ms steps.
     runs = []
     for name, make in makers:
         model = build_tiny_model(processor)
@@ -129,20 +129,11 @@ def training_rows(steps: int, warmup: int, compile_: bool) -> list[dict[str, Any
             opt.step()
             opt.zero_grad()
 
-        t = time.perf_counter()
-        step()
-        first = time.perf_counter() - t
-        for _ in range(warmup):
-            step()
-        runs.append((name, model, opt, step, first, []))
-    for _ in range(steps):
-        for *_, step, _first, times in runs:
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
-    rows = [dict(optimizer=name, first_s=first, step_ms=statistics.median(times) * 1e3, state_bytes=state_bytes(opt),
+        runs.append((name, model, opt, step))
+    timed = time_alternating([step for *_, step in runs], steps, warmup)
+    rows = [dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt),
                  params=sum(p.numel() for p in model.parameters()))
-            for name, model, opt, _step, first, times in runs]
+            for (name, model, opt, _step), (first, med) in zip(runs, timed)]
     base = rows[0]["step_ms"]
     for r in rows:
         r["ratio"] = r["step_ms"] / base
