@@ -55,13 +55,13 @@ def make_params(dtype=torch.float64, seed=0):
     return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in SHAPES]
 
 
-def run_pair(opt_kw, *, steps=15, skip_at=None, check_radius=False):
+def run_pair(opt_kw, *, steps=15, skip_at=None, check_radius=False, compile=False):
     params = make_params()
     origin = [1, 4]
     anchors = [None if i in origin else p.detach().clone() for i, p in enumerate(params)]
     groups = [{"params": [p for i, p in enumerate(params) if i not in origin]},
               {"params": [p for i, p in enumerate(params) if i in origin], "anchor": "origin"}]
-    opt = FTP(groups, **opt_kw)
+    opt = FTP(groups, compile=compile, **opt_kw)
     ref = RefFTP(params, anchors, **opt_kw)
     gen = torch.Generator().manual_seed(1)
     order = [i for i in range(len(params)) if i not in origin] + origin
@@ -103,6 +103,32 @@ def test_first_step_is_pulled_almost_fully_back():
     opt.step()
     # gamma = 1e-8 at the first step; 1e-14 allows for rounding theta0 + c (|theta0| ~ 1)
     assert float((p.detach() - p0).abs().sum(1).max()) <= 1e-8 + 1e-14
+
+
+@pytest.mark.parametrize("base", list(BASES))
+def test_compiled_path_run_eagerly_matches_float64_reference(base, monkeypatch):
+    """The compiled step's own structure (statistics and radius per bucket, then one update
+    pass) with its functions run uncompiled, so that the default suite covers it."""
+    from vqa_ood_bench.optim import _kernels
+
+    monkeypatch.setattr(_kernels, "compiled", lambda fn, static=False: fn)
+    missing = lambda k: (0, 5, 7) if k % 4 == 2 else ()  # noqa: E731
+    params, ref, opt, order = run_pair(dict(lr=0.05, k=0.5, mu=0.05, **BASES[base]), steps=8, skip_at=missing, compile=True)
+    for p, r in zip(params, ref.p):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
+    assert list(opt.radii().values()) == pytest.approx([ref.st[i]["gam"] for i in order], rel=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", list(BASES))
+def test_compiled_step_matches_float64_reference(base):
+    """The compiled step (per bucket: candidate step and radius in one graph, then the
+    projection), with tensors idle on some steps."""
+    missing = lambda k: (0, 5, 7) if k % 4 == 2 else ()  # noqa: E731
+    params, ref, opt, order = run_pair(dict(lr=0.05, k=0.5, mu=0.05, **BASES[base]), steps=8, skip_at=missing, compile=True)
+    for p, r in zip(params, ref.p):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-10, atol=1e-12)
+    assert list(opt.radii().values()) == pytest.approx([ref.st[i]["gam"] for i in order], rel=1e-9)
 
 
 def test_tensor_without_gradient_keeps_its_state():
@@ -153,7 +179,8 @@ def test_eager_row_blocks_match_whole_tensor(base, monkeypatch):
     from test_optim_digrap import _row_block_pair
 
     kw = dict(lr=0.05, base=base, **({"momentum": 0.9} if base == "sgd" else {}))
-    (blocked, whole), blocks = _row_block_pair(lambda ps: FTP(ps, **kw), monkeypatch)
-    assert blocks[0] > 10 and blocks[1] == 1
-    for a, b in zip(blocked, whole):
+    (blocked, whole), blocks, init = _row_block_pair(lambda ps: FTP(ps, **kw), monkeypatch)
+    assert blocks[(300, 250)] > 10 and blocks[(40, 30)] == 1 and blocks[(400, 4)] == 1
+    for a, b, a0 in zip(blocked, whole, init):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        assert not torch.equal(a.detach(), a0)  # (every tensor moved)

@@ -141,10 +141,3 @@ def rows(t: Tensor | None, sl: slice) -> Tensor | None:
         return t
     return t[:, sl]
 
-
-def adam_weight_decay(base: str, lr: float, wd: float) -> tuple[float, float]:
-    """``(decay, wdc)``: AdamW multiplies the weights by ``decay = 1 - lr*wd`` (decoupled);
-    Adam adds ``wdc * theta`` to the gradient (coupled L2, ``wdc = wd``)."""
-    decay = 1.0 - lr * wd if base == "adamw" else 1.0
-    wdc = wd if base == "adam" else 0.0
-    return decay, wdc

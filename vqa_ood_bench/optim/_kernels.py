@@ -8,9 +8,10 @@ reductions come back as ``(n, S)`` tables, so one call serves one large tensor o
 hundred LoRA factors.
 
 The functions are plain eager PyTorch. :func:`compiled` returns a ``torch.compile``-d version
-(dynamic shapes) in which each kernel is one sweep over memory: a stats kernel reads each input
-once, an update kernel reads each input once and writes the parameter and its moment buffers
-in place. Eager and compiled versions agree up to float rounding.
+in which a statistics kernel reads each input once and an update kernel reads each input once
+and writes the parameter and its moment buffers in place. (Inductor's CPU backend does not put
+a reduction and tensor-sized stores into one loop, so a kernel that does both, such as FTP's
+candidate step, sweeps twice.) Eager and compiled versions agree up to float rounding.
 
 Arithmetic is done in float32 for (b)float16/float32 tensors and in float64 for float64.
 """
@@ -31,8 +32,12 @@ __all__ = [
     "digrap_sgd_stats",
     "digrap_sgd_update",
     "ftp_adam_candidate",
-    "ftp_sgd_candidate",
+    "ftp_adam_stats",
+    "ftp_adam_update",
     "ftp_project",
+    "ftp_sgd_candidate",
+    "ftp_sgd_stats",
+    "ftp_sgd_update",
 ]
 
 #: eps of the row-wise L2 normalisation in DiGraP's hyper-gradient (``F.normalize``'s default)
@@ -73,17 +78,16 @@ def _sgd_direction(
     nesterov: bool,
     masked: bool,
     cdt: torch.dtype,
-) -> Tensor:
-    """torch.optim.SGD's update direction for ``gp``; the momentum buffer (if any) is updated
-    in place (``first``: the buffer is not set yet and starts as ``gp``; members that are not
-    ``act``-ive keep theirs when ``masked``)."""
+) -> tuple[Tensor, Tensor | None]:
+    """torch.optim.SGD's update direction for ``gp`` and the new momentum buffer (``None``
+    without one; ``first``: the buffer is not set yet and starts as ``gp``; members that are
+    not ``act``-ive keep theirs when ``masked``). Nothing is written."""
     if buf is None:
-        return gp
+        return gp, None
     bf = buf.to(cdt)
     nb = torch.where(first, gp, bf * momentum + gp * (1.0 - dampening))
     upd = gp + nb * momentum if nesterov else nb
-    buf.copy_(torch.where(act, nb, bf) if masked else nb)
-    return upd
+    return upd, torch.where(act, nb, bf) if masked else nb
 
 
 def _digrap_sums(gf: Tensor, d: Tensor, dp: Tensor | None, cprev: Tensor, red: int) -> Tensor:
@@ -218,7 +222,9 @@ def digrap_sgd_update(
     pf = p.to(cdt)
     gp = _k(coef, 0) * g.to(cdt) + _k(coef, 1) * _delta(pf, p0, cdt) + _k(coef, 3) * pf
     act = _k(coef, 5) > 0
-    upd = _sgd_direction(gp, buf, _k(coef, 4) > 0, act, momentum, dampening, nesterov, masked, cdt)
+    upd, nb = _sgd_direction(gp, buf, _k(coef, 4) > 0, act, momentum, dampening, nesterov, masked, cdt)
+    if buf is not None:
+        buf.copy_(nb)
     if last is not None:
         lf = last.to(cdt)
         last.copy_(torch.where(act, upd, lf) if masked else upd)
@@ -230,10 +236,19 @@ def digrap_sgd_update(
 # FTP
 # --------------------------------------------------------------------------------------------
 #
-# candidate table (Adam): 0: lr / (1 - beta1^t)  1: 1 / (1 - beta2^t)  2: 1 - lr*wd (decoupled)
-#                         3: wdc (coupled)  4: active
-# candidate table (SGD):  0: lr  1: unused  2: unused  3: wdc (coupled)  4: active  5: first
-# project table:          0: gamma  1: active
+# Two kernel pairs, one result:
+# - eager (``*_candidate`` + ``ftp_project``): the candidate (unconstrained) step writes the
+#   moments and ``c`` and returns the statistics; the projection then writes the weights. Each
+#   tensor op is computed once.
+# - compiled (``*_stats`` + ``*_update``): a read-only statistics pass over the candidate step,
+#   then one pass that takes the candidate step again and projects it. Inductor's CPU backend
+#   puts a reduction and tensor-sized stores into separate loops, so the eager pair compiled
+#   would read its inputs three times; this pair reads them twice.
+#
+# table (Adam): 0: lr / (1 - beta1^t)  1: 1 / (1 - beta2^t)  2: 1 - lr*wd (decoupled)
+#               3: wdc (coupled)  4: active  [5: gamma, update pass only]
+# table (SGD):  0: lr  1: unused  2: unused  3: wdc (coupled)  4: active  5: first
+#               [6: gamma, update pass only]
 
 
 def _ftp_sums(gf: Tensor, cn: Tensor, cprev: Tensor, red: int) -> tuple[Tensor, Tensor]:
@@ -241,6 +256,51 @@ def _ftp_sums(gf: Tensor, cn: Tensor, cprev: Tensor, red: int) -> tuple[Tensor, 
     prevnorm = cprev.abs().sum(red) + 1e-8
     gg = ((gf * cprev).sum(red) / prevnorm).sum(1)
     return torch.stack([gg, rownorm.amax(1)], 1), rownorm
+
+
+def _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt):  # noqa: ANN001, ANN202
+    """Adam(W)'s candidate step: ``(g, theta, m_new, v_new, c = theta_new - theta0)`` in ``cdt``."""
+    gf = g.to(cdt)
+    pf = p.to(cdt)
+    gp = gf + _k(coef, 3) * pf
+    mn, vn = _adam_moments(gp, m.to(cdt), v.to(cdt), beta1, beta2)
+    cn = _delta(_adam_weights(pf, mn, vn, _k(coef, 2), _k(coef, 0), _k(coef, 1), eps), p0, cdt)
+    return gf, pf, mn, vn, cn
+
+
+def _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt):  # noqa: ANN001, ANN202
+    """SGD's candidate step: ``(g, theta, new momentum buffer or None, c = theta_new - theta0)``."""
+    gf = g.to(cdt)
+    pf = p.to(cdt)
+    gp = gf + _k(coef, 3) * pf
+    upd, nb = _sgd_direction(gp, buf, _k(coef, 5) > 0, _k(coef, 4) > 0, momentum, dampening, nesterov, masked, cdt)
+    return gf, pf, nb, _delta(pf - _k(coef, 0) * upd, p0, cdt)
+
+
+def _ftp_stats(gf: Tensor, cn: Tensor, cbuf: Tensor, coef: Tensor, red: int, masked: bool) -> tuple[Tensor, Tensor]:
+    cp = cbuf.to(cn.dtype)
+    if masked:  # idle members: their (unused) row norms come from c_prev
+        cn = torch.where(_k(coef, 4) > 0, cn, cp)
+    return _ftp_sums(gf, cn, cp, red)
+
+
+def _ftp_write(p: Tensor, p0: Tensor | None, pf: Tensor, cbuf: Tensor, cn: Tensor, rownorm: Tensor, coef: Tensor,
+               red: int, masked: bool) -> None:
+    """``theta = theta0 + clamp(gamma / (|c_row|_1 + 1e-8), 0, 1) * c`` and ``c_prev = c``, in
+    place (idle members keep both when ``masked``)."""
+    scale = torch.clamp(coef[:, -1:] / rownorm, 0.0, 1.0).unsqueeze(red)
+    new = scale * cn
+    if p0 is not None:
+        new = p0.to(cn.dtype) + new
+    if masked:
+        new = torch.where(_k(coef, 4) > 0, new, pf)
+    _ftp_keep_c(cbuf, cn, coef, masked)
+    p.copy_(new)
+
+
+def _ftp_keep_c(cbuf: Tensor, cn: Tensor, coef: Tensor, masked: bool) -> None:
+    """``c_prev = c`` (idle members keep theirs when ``masked``)."""
+    cbuf.copy_(torch.where(_k(coef, 4) > 0, cn, cbuf.to(cn.dtype)) if masked else cn)
 
 
 def ftp_adam_candidate(
@@ -257,31 +317,20 @@ def ftp_adam_candidate(
     red: int,
     masked: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Adam(W) step to the unconstrained weights; ``cbuf`` goes from ``c_{t-1}`` to
-    ``c_t = theta_new - theta0``; the weights are not written (see :func:`ftp_project`).
-
-    Returns ``(n, 2)``: ``sum_rows <g_row, c_{t-1,row}> / (|c_{t-1,row}|_1 + 1e-8)`` and
-    ``max_rows |c_t,row|_1 + 1e-8``; and the row norms ``|c_t,row|_1 + 1e-8`` ``(n, rows)``.
-    """
+    """Adam(W) step to the unconstrained weights (eager pair): writes the moments and ``c``
+    (``c_{t-1} -> c_t``), not the weights; returns :func:`ftp_adam_stats`'s statistics."""
     cdt = compute_dtype(p.dtype)
-    gf = g.to(cdt)
-    pf = p.to(cdt)
-    mf = m.to(cdt)
-    vf = v.to(cdt)
-    cp = cbuf.to(cdt)
-    gp = gf + _k(coef, 3) * pf
-    mn, vn = _adam_moments(gp, mf, vf, beta1, beta2)
-    cn = _delta(_adam_weights(pf, mn, vn, _k(coef, 2), _k(coef, 0), _k(coef, 1), eps), p0, cdt)
+    mf, vf = m.to(cdt), v.to(cdt)
+    gf, _, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt)
     if masked:
         act = _k(coef, 4) > 0
         mn = torch.where(act, mn, mf)
         vn = torch.where(act, vn, vf)
-        cn = torch.where(act, cn, cp)
-    tot, rownorm = _ftp_sums(gf, cn, cp, red)
+    out = _ftp_stats(gf, cn, cbuf, coef, red, masked)
     m.copy_(mn)
     v.copy_(vn)
-    cbuf.copy_(cn)
-    return tot, rownorm
+    _ftp_keep_c(cbuf, cn, coef, masked)
+    return out
 
 
 def ftp_sgd_candidate(
@@ -297,41 +346,119 @@ def ftp_sgd_candidate(
     red: int,
     masked: bool,
 ) -> tuple[Tensor, Tensor]:
-    """SGD (coupled L2, momentum / Nesterov) step to the unconstrained weights; see
-    :func:`ftp_adam_candidate`."""
+    """As :func:`ftp_adam_candidate` for the SGD candidate step."""
     cdt = compute_dtype(p.dtype)
-    gf = g.to(cdt)
-    pf = p.to(cdt)
-    cp = cbuf.to(cdt)
-    gp = gf + _k(coef, 3) * pf
-    act = _k(coef, 4) > 0
-    upd = _sgd_direction(gp, buf, _k(coef, 5) > 0, act, momentum, dampening, nesterov, masked, cdt)
-    cn = _delta(pf - _k(coef, 0) * upd, p0, cdt)
-    if masked:
-        cn = torch.where(act, cn, cp)
-    tot, rownorm = _ftp_sums(gf, cn, cp, red)
-    cbuf.copy_(cn)
-    return tot, rownorm
+    gf, _, nb, cn = _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt)
+    out = _ftp_stats(gf, cn, cbuf, coef, red, masked)
+    if buf is not None:
+        buf.copy_(nb)
+    _ftp_keep_c(cbuf, cn, coef, masked)
+    return out
 
 
-def ftp_project(
-    p: Tensor,
-    p0: Tensor | None,
-    cbuf: Tensor,
-    rownorm: Tensor,
-    coef: Tensor,
-    red: int,
-    masked: bool,
-) -> None:
-    """``theta = theta0 + clamp(gamma / (|c_row|_1 + 1e-8), 0, 1) * c``, in place."""
+def ftp_project(p: Tensor, p0: Tensor | None, cbuf: Tensor, rownorm: Tensor, coef: Tensor, red: int, masked: bool) -> None:
+    """Eager pair: ``theta = theta0 + clamp(gamma / (|c_row|_1 + 1e-8), 0, 1) * c``, in place."""
     cdt = compute_dtype(p.dtype)
-    scale = torch.clamp(coef[:, 0:1] / rownorm, 0.0, 1.0).unsqueeze(red)
+    scale = torch.clamp(coef[:, -1:] / rownorm, 0.0, 1.0).unsqueeze(red)
     new = scale * cbuf.to(cdt)
     if p0 is not None:
         new = p0.to(cdt) + new
     if masked:
-        new = torch.where(_k(coef, 1) > 0, new, p.to(cdt))
+        new = torch.where(_k(coef, 4) > 0, new, p.to(cdt))
     p.copy_(new)
+
+
+def ftp_adam_stats(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    m: Tensor,
+    v: Tensor,
+    cbuf: Tensor,
+    coef: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    red: int,
+    masked: bool,
+) -> tuple[Tensor, Tensor]:
+    """Statistics of the Adam(W) candidate step ``c_t`` (nothing is written).
+
+    Returns ``(n, 2)``: ``sum_rows <g_row, c_{t-1,row}> / (|c_{t-1,row}|_1 + 1e-8)`` and
+    ``max_rows |c_t,row|_1 + 1e-8``; and the row norms ``|c_t,row|_1 + 1e-8`` ``(n, rows)``.
+    """
+    cdt = compute_dtype(p.dtype)
+    gf, _, _, _, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt)
+    return _ftp_stats(gf, cn, cbuf, coef, red, masked)
+
+
+def ftp_adam_update(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    m: Tensor,
+    v: Tensor,
+    cbuf: Tensor,
+    rownorm: Tensor,
+    coef: Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    red: int,
+    masked: bool,
+) -> None:
+    """The Adam(W) candidate step again, projected: writes the moments, ``c_prev`` and the weights."""
+    cdt = compute_dtype(p.dtype)
+    mf, vf = m.to(cdt), v.to(cdt)
+    _, pf, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt)
+    if masked:
+        act = _k(coef, 4) > 0
+        mn = torch.where(act, mn, mf)
+        vn = torch.where(act, vn, vf)
+    m.copy_(mn)
+    v.copy_(vn)
+    _ftp_write(p, p0, pf, cbuf, cn, rownorm, coef, red, masked)
+
+
+def ftp_sgd_stats(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    buf: Tensor | None,
+    cbuf: Tensor,
+    coef: Tensor,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    red: int,
+    masked: bool,
+) -> tuple[Tensor, Tensor]:
+    """As :func:`ftp_adam_stats` for the SGD (coupled L2, momentum / Nesterov) candidate step."""
+    cdt = compute_dtype(p.dtype)
+    gf, _, _, cn = _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt)
+    return _ftp_stats(gf, cn, cbuf, coef, red, masked)
+
+
+def ftp_sgd_update(
+    g: Tensor,
+    p: Tensor,
+    p0: Tensor | None,
+    buf: Tensor | None,
+    cbuf: Tensor,
+    rownorm: Tensor,
+    coef: Tensor,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    red: int,
+    masked: bool,
+) -> None:
+    """As :func:`ftp_adam_update` for the SGD candidate step."""
+    cdt = compute_dtype(p.dtype)
+    _, pf, nb, cn = _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt)
+    if buf is not None:
+        buf.copy_(nb)
+    _ftp_write(p, p0, pf, cbuf, cn, rownorm, coef, red, masked)
 
 
 # --------------------------------------------------------------------------------------------
