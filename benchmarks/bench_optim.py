@@ -99,10 +99,12 @@ def _read_pass(g: torch.Tensor, p: torch.Tensor, p0: torch.Tensor, m: torch.Tens
 
 class MemoryFloor:
     """Not an optimizer: fused AdamW's step plus one compiled pass that reads gradient,
-    weights, anchor and both moments once. DiGraP has to read these five tensors before its
-    update (the projection strength and the projection depend on per-tensor sums over all of
-    them) and its update moves as much memory as AdamW's when no tensor projects; so on
-    tensors that do not stay in cache this row is a lower bound for any implementation."""
+    weights, anchor and both moments once. DiGraP reads these five tensors before its update
+    (the projection strength and the projection depend on per-tensor sums over all of them),
+    and its update moves as much memory as AdamW's when no tensor projects; so on tensors that
+    do not stay in cache this row is the limit of that two-pass design. (A kernel that also
+    wrote the Adam moments in the reading pass could save one read; inductor's CPU backend
+    does not put a reduction and tensor-sized stores into one loop.)"""
 
     def __init__(self, params: list[torch.nn.Parameter], compile_: bool):
         self.adamw = torch.optim.AdamW(params, lr=1e-4, fused=True)
