@@ -134,6 +134,31 @@ class BucketedBase(RobustOptimizer):
         """One step of the tensors of ``lay`` (``step``: their gathered gradients and weights)."""
         raise NotImplementedError
 
+    # ---- helpers of _step_layout ---------------------------------------------------------
+
+    def _step_inputs(self, group: dict[str, Any], lay: Layout, step: Gathered) -> tuple[Tensor, Tensor, Tensor]:
+        """The per-tensor scalars as an ``(n, len(scalar_names))`` table, the active flags as
+        floats, and the learning rate as a one-element tensor (as a Python float it would make
+        the compiled graphs recompile under a schedule)."""
+        table = torch.stack([lay.scalars[name] for name in self.scalar_names], 1)
+        lr = torch.full((1,), float(group["lr"]), dtype=lay.sdtype, device=lay.device)
+        return table, step.active.to(lay.sdtype), lr
+
+    def _per_bucket(self, lay: Layout, step: Gathered, table: Tensor,
+                    run: Callable[[Bucket, tuple[Tensor, Tensor, list[int]], slice], Tensor]) -> Tensor:
+        """The compiled steps' loop: ``run(bucket, gathered, rows)`` steps one bucket from start
+        to end and returns its new scalars (``rows``: its slice of ``table``); buckets without
+        a gradient keep theirs. Returns the new table."""
+        news = []
+        for b, gat in zip(lay.buckets, step.blocks):
+            sl = slice(b.slots.start, b.slots.stop)
+            news.append(table[sl] if gat is None else run(b, gat, sl))
+        return torch.cat(news, 0)
+
+    def _commit(self, lay: Layout, step: Gathered, new_table: Tensor) -> None:
+        """Store the new per-tensor scalars (columns ``scalar_names``) of the tensors that stepped."""
+        lay.commit(step, dict(zip(self.scalar_names, new_table.unbind(1))))
+
 
 def rows(t: Tensor | None, sl: slice) -> Tensor | None:
     """Rows ``sl`` of an ``(n, rows, ...)`` block or row table (``None`` stays ``None``)."""

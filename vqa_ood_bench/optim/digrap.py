@@ -195,33 +195,28 @@ class DiGraP(BucketedBase):
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         cfg = self._config(group, lay)
         dev, sdt = lay.device, lay.sdtype
-        table = torch.stack([lay.scalars[name] for name in _SCALARS], 1)  # (n, len(_SCALARS))
-        act_f = step.active.to(sdt)
-        lr = torch.full((1,), float(group["lr"]), dtype=sdt, device=dev)  # a tensor: no recompiles
+        table, act_f, lr = self._step_inputs(group, lay, step)
         # Members whose b is 0 (no conflict, or omega = 0) do not need the anchor; a bucket
         # whose members all have b = 0 skips reading it in the update (1 of 8 memory streams
         # of the Adam update). Only on the CPU: on a GPU the check would be a host sync.
         check_b = dev.type == "cpu"
         upd_fn = self._kernel(K.digrap_sgd_update if cfg.base == "sgd" else K.digrap_adam_update)
         if self._compile:
-            # Per bucket: statistics, per-tensor scalars and update back to back (one compiled
-            # graph, then the update kernel), so that the update finds the bucket's tensors
-            # still in cache where they fit (~8% of the full fine-tuning step on the CPU).
+            # Per bucket: statistics and per-tensor scalars (one compiled graph), then the
+            # update, back to back, so that the update finds the bucket's tensors still in
+            # cache where they fit (2-9% of the step in benchmarks/bench_optim.py).
             fused = self._kernel(_stats_and_scalars)
-            news = []
-            for b, gat in zip(lay.buckets, step.blocks):
-                sl = slice(b.slots.start, b.slots.stop)
-                if gat is None:
-                    news.append(table[sl])
-                    continue
+
+            def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
                 g, p, _ = gat
                 cupd, new, projects = fused(b)(
                     g, p, b.bufs.get("anchor"), b.bufs.get("exp_avg"), b.bufs.get("exp_avg_sq"), _prev_update(b),
                     table[sl], act_f[sl], lr, cfg, b.red_dim,
                 )
-                news.append(new)
                 self._update(lay, b, gat, upd_fn(b), cupd, cfg, not check_b or bool(projects))
-            new_table = torch.cat(news, 0)
+                return new
+
+            new_table = self._per_bucket(lay, step, table, run)
         else:
             cstats = _stats_coef(table, cfg)
             outs = []
@@ -237,7 +232,7 @@ class DiGraP(BucketedBase):
                     sl = slice(b.slots.start, b.slots.stop)
                     reads_anchor = projects is None or any(projects[sl])
                     self._update(lay, b, gat, upd_fn(b), cupd[sl], cfg, reads_anchor)
-        lay.commit(step, dict(zip(_SCALARS, new_table.unbind(1))))
+        self._commit(lay, step, new_table)
 
     def _bucket_stats(self, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], cstats: Tensor, cfg: _Config) -> Tensor:
         """Eager ``(n, 4)`` statistics of bucket ``b`` (``cstats``: its rows of the statistics

@@ -135,9 +135,7 @@ class FTP(BucketedBase):
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         cfg = self._config(group)
         dev, sdt = lay.device, lay.sdtype
-        table = torch.stack([lay.scalars[name] for name in _SCALARS], 1)  # (n, len(_SCALARS))
-        act_f = step.active.to(sdt)
-        lr = torch.full((1,), float(group["lr"]), dtype=sdt, device=dev)  # a tensor: no recompiles
+        table, act_f, lr = self._step_inputs(group, lay, step)
         if self._compile:
             # Per bucket: statistics and radius in one compiled graph, then the pass that writes,
             # back to back, so that the second pass finds the bucket's tensors still in cache
@@ -149,23 +147,20 @@ class FTP(BucketedBase):
             stats_fn, cand_fn = self._kernel(_stats_and_radius), self._kernel(_candidate_and_radius)
             upd_fn = self._kernel(K.ftp_sgd_update if cfg.base == "sgd" else K.ftp_adam_update)
             proj_fn = self._kernel(K.ftp_project)
-            news = []
-            for b, gat in zip(lay.buckets, step.blocks):
-                sl = slice(b.slots.start, b.slots.stop)
-                if gat is None:
-                    news.append(table[sl])
-                    continue
+
+            def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
                 g, p, act = gat
                 masked = len(act) < b.n
                 fn = stats_fn(b) if b.direct else cand_fn(b)
                 ucoef, new, rn = fn(g, p, *_bufs(b), table[sl], act_f[sl], lr, cfg, b.red_dim, masked)
-                news.append(new)
                 if b.direct:
                     _update(upd_fn(b), g, p, b, rn, ucoef, cfg, masked)
                 else:
                     proj_fn(b)(p, b.bufs.get("anchor"), b.bufs["prev_c"], rn, ucoef, b.red_dim, masked)
                 lay.scatter(b, act)
-            new_table = torch.cat(news, 0)
+                return new
+
+            new_table = self._per_bucket(lay, step, table, run)
         else:
             # Eager: the candidate step writes the moments and c once, then the projection.
             coef = _candidate_coef(table, act_f, lr, cfg)
@@ -189,7 +184,7 @@ class FTP(BucketedBase):
                     K.ftp_project(rows(p, sl), rows(b.bufs.get("anchor"), sl), rows(b.bufs["prev_c"], sl),
                                   rows(rn, sl), cs, b.red_dim, len(act) < b.n)
                 lay.scatter(b, act)
-        lay.commit(step, dict(zip(_SCALARS, new_table.unbind(1))))
+        self._commit(lay, step, new_table)
 
     def _bucket_candidate(self, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], coef: Tensor,
                           cfg: _Config) -> tuple[Tensor, Tensor]:
