@@ -160,6 +160,21 @@ class BucketedBase(RobustOptimizer):
         lay.commit(step, dict(zip(self.scalar_names, new_table.unbind(1))))
 
 
+def base_hparams(base: str, group: dict[str, Any]) -> dict[str, Any]:
+    """The base optimizer's hyper-parameters of ``group`` as plain Python values, for the
+    step-configuration tuples of DiGraP and FTP (Adam's betas are 0 for SGD)."""
+    b1, b2 = (0.0, 0.0) if base == "sgd" else group["betas"]
+    return dict(
+        beta1=float(b1),
+        beta2=float(b2),
+        eps=float(group["eps"]),
+        weight_decay=float(group["weight_decay"]),
+        momentum=float(group["momentum"]),
+        dampening=float(group["dampening"]),
+        nesterov=bool(group["nesterov"]),
+    )
+
+
 def rows(t: Tensor | None, sl: slice) -> Tensor | None:
     """Rows ``sl`` of an ``(n, rows, ...)`` block or row table (``None`` stays ``None``)."""
     if t is None or sl == slice(None):

@@ -258,13 +258,19 @@ def _ftp_sums(gf: Tensor, cn: Tensor, cprev: Tensor, red: int) -> tuple[Tensor, 
     return torch.stack([gg, rownorm.amax(1)], 1), rownorm
 
 
-def _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt):  # noqa: ANN001, ANN202
-    """Adam(W)'s candidate step: ``(g, theta, m_new, v_new, c = theta_new - theta0)`` in ``cdt``."""
+def _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt):  # noqa: ANN001, ANN202
+    """Adam(W)'s candidate step: ``(g, theta, m_new, v_new, c = theta_new - theta0)`` in ``cdt``
+    (members that are not active keep their moments when ``masked``; ``c`` is not masked)."""
     gf = g.to(cdt)
     pf = p.to(cdt)
+    mf, vf = m.to(cdt), v.to(cdt)
     gp = gf + _k(coef, 3) * pf
-    mn, vn = _adam_moments(gp, m.to(cdt), v.to(cdt), beta1, beta2)
+    mn, vn = _adam_moments(gp, mf, vf, beta1, beta2)
     cn = _delta(_adam_weights(pf, mn, vn, _k(coef, 2), _k(coef, 0), _k(coef, 1), eps), p0, cdt)
+    if masked:
+        act = _k(coef, 4) > 0
+        mn = torch.where(act, mn, mf)
+        vn = torch.where(act, vn, vf)
     return gf, pf, mn, vn, cn
 
 
@@ -320,12 +326,7 @@ def ftp_adam_candidate(
     """Adam(W) step to the unconstrained weights (eager pair): writes the moments and ``c``
     (``c_{t-1} -> c_t``), not the weights; returns :func:`ftp_adam_stats`'s statistics."""
     cdt = compute_dtype(p.dtype)
-    mf, vf = m.to(cdt), v.to(cdt)
-    gf, _, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt)
-    if masked:
-        act = _k(coef, 4) > 0
-        mn = torch.where(act, mn, mf)
-        vn = torch.where(act, vn, vf)
+    gf, _, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt)
     out = _ftp_stats(gf, cn, cbuf, coef, red, masked)
     m.copy_(mn)
     v.copy_(vn)
@@ -388,7 +389,7 @@ def ftp_adam_stats(
     ``max_rows |c_t,row|_1 + 1e-8``; and the row norms ``|c_t,row|_1 + 1e-8`` ``(n, rows)``.
     """
     cdt = compute_dtype(p.dtype)
-    gf, _, _, _, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt)
+    gf, _, _, _, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt)
     return _ftp_stats(gf, cn, cbuf, coef, red, masked)
 
 
@@ -409,12 +410,7 @@ def ftp_adam_update(
 ) -> None:
     """The Adam(W) candidate step again, projected: writes the moments, ``c_prev`` and the weights."""
     cdt = compute_dtype(p.dtype)
-    mf, vf = m.to(cdt), v.to(cdt)
-    _, pf, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, cdt)
-    if masked:
-        act = _k(coef, 4) > 0
-        mn = torch.where(act, mn, mf)
-        vn = torch.where(act, vn, vf)
+    _, pf, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt)
     m.copy_(mn)
     v.copy_(vn)
     _ftp_write(p, p0, pf, cbuf, cn, rownorm, coef, red, masked)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import _kernels as K
-from ._bucketed import BucketedBase, rows
+from ._bucketed import BucketedBase, base_hparams, rows
 from ._common import Bucket, Gathered, Layout, scalar_adam
 
 __all__ = ["DiGraP"]
@@ -173,7 +173,6 @@ class DiGraP(BucketedBase):
     # ---- step ---------------------------------------------------------------------------
 
     def _config(self, group: dict[str, Any], lay: Layout) -> _Config:
-        b1, b2 = (0.0, 0.0) if self.base == "sgd" else group["betas"]
         om, lam = group["omega"], group["two_sided"]
         return _Config(
             base=self.base,
@@ -183,13 +182,7 @@ class DiGraP(BucketedBase):
             mu=float(group["mu"]),
             omega_betas=(float(group["omega_betas"][0]), float(group["omega_betas"][1])),
             omega_eps=float(group["omega_eps"]),
-            beta1=float(b1),
-            beta2=float(b2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            momentum=float(group["momentum"]),
-            dampening=float(group["dampening"]),
-            nesterov=bool(group["nesterov"]),
+            **base_hparams(self.base, group),
         )
 
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import _kernels as K
-from ._bucketed import BucketedBase, rows
+from ._bucketed import BucketedBase, base_hparams, rows
 from ._common import Bucket, Gathered, Layout, scalar_adam
 
 __all__ = ["FTP"]
@@ -116,20 +116,13 @@ class FTP(BucketedBase):
     # ---- step ---------------------------------------------------------------------------
 
     def _config(self, group: dict[str, Any]) -> _Config:
-        b1, b2 = (0.0, 0.0) if self.base == "sgd" else group["betas"]
         return _Config(
             base=self.base,
             k=float(group["k"]),
             mu=float(group["mu"]),
             gamma_betas=(float(group["gamma_betas"][0]), float(group["gamma_betas"][1])),
             gamma_eps=float(group["gamma_eps"]),
-            beta1=float(b1),
-            beta2=float(b2),
-            eps=float(group["eps"]),
-            weight_decay=float(group["weight_decay"]),
-            momentum=float(group["momentum"]),
-            dampening=float(group["dampening"]),
-            nesterov=bool(group["nesterov"]),
+            **base_hparams(self.base, group),
         )
 
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
