@@ -1,0 +1,178 @@
+"""DiGraP's C++ step for large float32 CPU tensors (vqa_ood_bench/optim/_native.py) against the
+eager step, which stays the reference.
+
+The C++ source is built once per machine into torch's extension cache (~20-40 s the first
+time). Where no C++ compiler exists the tests skip; where one exists, a failed build fails
+them (a broken source must not pass as "skipped").
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from vqa_ood_bench.optim import DiGraP, _kernels, _native
+
+# three tensors large enough to be stepped in place (>= 65,536 elements: one of them 1-D), and
+# small ones that share buckets and keep taking the compiled kernels
+SHAPES = [(300, 256), (6, 8), (70_000,), (5,), (256, 300), (6, 8)]
+DIRECT = {0, 2, 4}
+
+CASES = [
+    dict(base="adamw", mu=1.0, weight_decay=0.1),
+    dict(base="adam", omega=0.7, two_sided=0.3, weight_decay=0.01),
+    dict(base="adam", mu=2.0, anchor="origin"),
+    dict(base="adam", omega=1.0),
+]
+IDS = ["adamw-trainable", "adam-fixed-two-sided-l2", "adam-origin", "adam-omega1"]
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("no C++ compiler: the optimizers run the compiled kernels instead")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed build warns: make it fail the test
+        module = _native.load()
+    assert module is not None, "the C++ kernels did not build although a compiler exists"
+    return module
+
+
+@pytest.fixture
+def counted(ext, monkeypatch):
+    """Counts the C++ steps taken; the inductor kernels run uncompiled (fast to start)."""
+    calls = {"n": 0}
+
+    class Counting:
+        def digrap_adam_step(self, *args):
+            calls["n"] += 1
+            return ext.digrap_adam_step(*args)
+
+    monkeypatch.setattr(_native, "load", lambda: Counting())
+    monkeypatch.setattr(_kernels, "compiled", lambda fn, static=False: fn)
+    return calls
+
+
+def make_params(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(0.1 * torch.randn(s, generator=gen)) for s in SHAPES]
+
+
+def set_grads(pairs, anchors, gen, skip=()):
+    """Noise plus a pull toward or away from the anchor: conflicting and agreeing steps."""
+    for i, ps in enumerate(pairs):
+        if i in skip:
+            for p in ps:
+                p.grad = None
+            continue
+        D = ps[0].detach() - (anchors[i] if anchors is not None else 0)
+        sign = 1.0 if torch.rand((), generator=gen) < 0.5 else -1.0
+        g = 0.3 * torch.randn(ps[0].shape, generator=gen, dtype=D.dtype) + sign * 2.0 * D
+        for p in ps:
+            p.grad = g.to(p.dtype, copy=True)
+
+
+@pytest.mark.parametrize("kw", CASES, ids=IDS)
+def test_native_step_matches_eager_step(kw, counted):
+    """Three runs on the same gradients: the eager step in float64 (the reference), the eager
+    step in float32 and the C++ step in float32. The C++ step must be as close to float64 as
+    the eager float32 step is (the two round differently, so they are not bit-equal)."""
+    ref, a, b = make_params(), make_params(), make_params()
+    ref64 = [torch.nn.Parameter(p.detach().double()) for p in ref]
+    opts = [DiGraP(ref64, lr=0.05, **kw), DiGraP(a, lr=0.05, **kw), DiGraP(b, lr=0.05, compile=True, **kw)]
+    anchors = None if kw.get("anchor") == "origin" else [p.detach().double() for p in ref64]
+    gen = torch.Generator().manual_seed(3)
+    projected = 0
+    for step in range(7):
+        # (the float32 runs take the float64 gradients, rounded)
+        set_grads(list(zip(ref64, a, b)), anchors, gen, skip=(0, 1) if step % 3 == 2 else ())
+        for opt in opts:
+            opt.step()
+        # a large tensor projected this step when its omega is > 0 and it conflicted
+        st = opts[0].state
+        projected += sum(1 for i in DIRECT if st[ref64[i]]["omega"] > 0 and st[ref64[i]]["proj_coef"] < 0)
+    assert counted["n"] == 3 * 7 - 2  # tensor 0 was idle on two steps
+    assert projected > 0, "no large tensor projected: the anchor read went untested"
+    for i, (r, pa, pb) in enumerate(zip(ref64, a, b)):
+        err_eager = (pa.double() - r).abs().max().item()
+        err_native = (pb.double() - r).abs().max().item()
+        assert err_native <= 2 * err_eager + 1e-7, (i, err_native, err_eager)
+        assert err_native < 1e-4, (i, err_native)
+    om_ref = opts[0].omegas()
+    for key, om in opts[2].omegas().items():
+        assert abs(om - om_ref[key]) <= 2 * abs(opts[1].omegas()[key] - om_ref[key]) + 1e-6, key
+
+
+def test_native_resume_is_bit_identical(counted):
+    """A state_dict round trip in the middle of a run gives the same weights, bit for bit."""
+    a, b = make_params(), make_params()
+    opt_a = DiGraP(a, lr=0.05, compile=True, base="adamw", mu=1.0)
+    opt_b = DiGraP(b, lr=0.05, compile=True, base="adamw", mu=1.0)
+    anchors = [p.detach().clone() for p in a]
+    gen = torch.Generator().manual_seed(5)
+    for step in range(6):
+        set_grads(list(zip(a, b)), anchors, gen)
+        opt_a.step()
+        opt_b.step()
+        if step == 2:
+            opt_b = DiGraP(b, lr=0.05, compile=True, base="adamw", mu=1.0)
+            opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+    assert counted["n"] == 2 * 3 * 6
+    for pa, pb in zip(a, b):
+        assert torch.equal(pa, pb)
+
+
+def test_native_step_counts_as_an_in_place_change(counted):
+    ps = make_params()
+    opt = DiGraP(ps, lr=0.05, compile=True)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    before = [p._version for p in ps]
+    opt.step()
+    assert all(p._version > v for p, v in zip(ps, before))
+    assert counted["n"] == 3
+
+
+def test_native_off_by_argument_or_environment(counted, monkeypatch):
+    for opt_kw, env in (({"native": False}, "1"), ({}, "0")):
+        monkeypatch.setenv("VQA_OOD_BENCH_NATIVE", env)
+        monkeypatch.setattr(_native, "load", lambda: None if not _native.enabled() else pytest.fail("built"))
+        ps = make_params()
+        opt = DiGraP(ps, lr=0.05, compile=True, **opt_kw)
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        if opt_kw:  # native=False never asks for the extension
+            monkeypatch.setattr(_native, "load", lambda: pytest.fail("native=False loaded the extension"))
+        opt.step()
+    assert counted["n"] == 0
+
+
+def test_failed_build_warns_once_and_keeps_the_compiled_path(monkeypatch):
+    """Without a working compiler the step still runs (the compiled kernels), with one warning."""
+    import torch.utils.cpp_extension as cpp
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(cpp, "load", broken)
+    monkeypatch.setitem(_native._state, "tried", False)
+    monkeypatch.setitem(_native._state, "module", None)
+    monkeypatch.setattr(_kernels, "compiled", lambda fn, static=False: fn)
+    a, b = make_params(), make_params()
+    eager, comp = DiGraP(a, lr=0.05), DiGraP(b, lr=0.05, compile=True)
+    with pytest.warns(UserWarning, match="C\\+\\+ kernels of DiGraP failed.*no compiler here"):
+        for p, q in zip(a, b):
+            p.grad = torch.ones_like(p)
+            q.grad = torch.ones_like(q)
+        eager.step()
+        comp.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        comp.step()
+        eager.step()
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pb, pa, rtol=1e-6, atol=1e-7)
