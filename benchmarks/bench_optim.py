@@ -16,9 +16,9 @@ previous step hit them alike); case (c) takes at least 30 steps per row. State b
     OMP_NUM_THREADS=2 python benchmarks/bench_optim.py [--steps 10] [--no-compile] [--json]
 
 Goals (issue 4): DiGraP step <= 2x fused AdamW for (a) and (b); whole training step
-<= 1.05x vanilla; DiGraP state <= AdamW's + the anchor copy. In (a), "DiGraP adam
-(compiled)" steps the large tensors with the C++ loops of vqa_ood_bench/optim/_native.py
-(built on first use) and "(inductor)" with the torch.compile kernels only; row "floor" is
+<= 1.05x vanilla; DiGraP state <= AdamW's + the anchor copy. In (a), "(compiled)" rows
+step the large tensors with the C++ loops of vqa_ood_bench/optim/_native.py (built on first
+use) and "(inductor)" rows with the torch.compile kernels only; row "floor" is
 fused AdamW plus one read of the five tensors DiGraP's statistics pass needs (see MemoryFloor).
 """
 
@@ -143,6 +143,8 @@ def optimizer_rows(shapes, anchor: str, steps: int, warmup: int, compile_: bool)
     makers.append(("FTP adamw (eager)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor)))
     if compile_:
         makers.append(("FTP adamw (compiled)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor, compile=True)))
+        if anchor == "pretrained":
+            makers.append(("FTP adamw (inductor)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor, compile=True, native=False)))
     opts = [make(make_params(shapes)) for _name, make in makers]
     timed = time_alternating([opt.step for opt in opts], steps, warmup)
     rows = [dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt))  # type: ignore[arg-type]

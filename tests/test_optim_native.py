@@ -1,5 +1,5 @@
-"""DiGraP's C++ step for large float32 CPU tensors (vqa_ood_bench/optim/_native.py) against the
-eager step, which stays the reference.
+"""DiGraP's and FTP's C++ steps for large float32 CPU tensors (vqa_ood_bench/optim/_native.py)
+against the eager steps, which stay the reference.
 
 The C++ source is built once per machine into torch's extension cache (~20-40 s the first
 time). Where no C++ compiler exists the tests skip; where one exists, a failed build fails
@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from vqa_ood_bench.optim import DiGraP, _kernels, _native
+from vqa_ood_bench.optim import FTP, DiGraP, _kernels, _native
 
 # three tensors large enough to be stepped in place (>= 65,536 elements: one of them 1-D), and
 # small ones that share buckets and keep taking the compiled kernels
@@ -48,9 +48,12 @@ def counted(ext, monkeypatch):
     calls = {"n": 0}
 
     class Counting:
-        def digrap_adam_step(self, *args):
-            calls["n"] += 1
-            return ext.digrap_adam_step(*args)
+        def __getattr__(self, name):
+            def call(*args):
+                calls["n"] += 1
+                return getattr(ext, name)(*args)
+
+            return call
 
     monkeypatch.setattr(_native, "load", lambda: Counting())
     monkeypatch.setattr(_kernels, "compiled", lambda fn, static=False: fn)
@@ -76,6 +79,14 @@ def set_grads(pairs, anchors, gen, skip=()):
             p.grad = g.to(p.dtype, copy=True)
 
 
+FTP_CASES = [
+    dict(base="adamw", k=1.0, mu=0.1, weight_decay=0.1),
+    dict(base="adam", k=0.5, mu=0.1, weight_decay=0.01),
+    dict(base="adamw", mu=0.1, anchor="origin"),
+]
+FTP_IDS = ["adamw", "adam-l2-k0.5", "adamw-origin"]
+
+
 @pytest.mark.parametrize("kw", CASES, ids=IDS)
 def test_native_step_matches_eager_step(kw, counted):
     """Three runs on the same gradients: the eager step in float64 (the reference), the eager
@@ -84,7 +95,7 @@ def test_native_step_matches_eager_step(kw, counted):
     ref, a, b = make_params(), make_params(), make_params()
     ref64 = [torch.nn.Parameter(p.detach().double()) for p in ref]
     opts = [DiGraP(ref64, lr=0.05, **kw), DiGraP(a, lr=0.05, **kw), DiGraP(b, lr=0.05, compile=True, **kw)]
-    anchors = None if kw.get("anchor") == "origin" else [p.detach().double() for p in ref64]
+    anchors = None if kw.get("anchor") == "origin" else [p.detach().clone() for p in ref64]
     gen = torch.Generator().manual_seed(3)
     projected = 0
     for step in range(7):
@@ -105,6 +116,42 @@ def test_native_step_matches_eager_step(kw, counted):
     om_ref = opts[0].omegas()
     for key, om in opts[2].omegas().items():
         assert abs(om - om_ref[key]) <= 2 * abs(opts[1].omegas()[key] - om_ref[key]) + 1e-6, key
+
+
+@pytest.mark.parametrize("kw", FTP_CASES, ids=FTP_IDS)
+def test_native_ftp_step_matches_eager_step(kw, counted):
+    """As for DiGraP: float64 eager reference, float32 eager and float32 C++ runs; the radii
+    must keep every large tensor's rows inside them (the projection is active)."""
+    ref, a, b = make_params(), make_params(), make_params()
+    ref64 = [torch.nn.Parameter(p.detach().double()) for p in ref]
+    opts = [FTP(ref64, lr=0.02, **kw), FTP(a, lr=0.02, **kw), FTP(b, lr=0.02, compile=True, **kw)]
+    anchors = None if kw.get("anchor") == "origin" else [p.detach().clone() for p in ref64]
+    gen = torch.Generator().manual_seed(4)
+    # a steady direction per tensor plus noise: the steps keep pointing away from the anchor,
+    # so the radii grow (with pure noise they may stay at their minimum)
+    steady = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in ref64]
+    for step in range(7):
+        for i, ps in enumerate(zip(ref64, a, b)):
+            g = None if (i in (0, 1) and step % 3 == 2) else steady[i] + 0.3 * torch.randn(ps[0].shape, generator=gen,
+                                                                                             dtype=torch.float64)
+            for p in ps:
+                p.grad = None if g is None else g.to(p.dtype, copy=True)
+        for opt in opts:
+            opt.step()
+    assert counted["n"] == 3 * 7 - 2
+    radii = opts[2].radii()
+    for i, (r, pa, pb) in enumerate(zip(ref64, a, b)):
+        err_eager = (pa.double() - r).abs().max().item()
+        err_native = (pb.double() - r).abs().max().item()
+        assert err_native <= 2 * err_eager + 1e-8, (i, err_native, err_eager)
+        if i in DIRECT:  # every row of (theta - theta0) within the learned radius (L1)
+            d = pb.detach() - (0 if anchors is None else anchors[i].float())
+            rownorms = d.reshape(d.shape[0] if d.dim() > 1 else 1, -1).abs().sum(1)
+            assert float(rownorms.max()) <= radii[i] * (1 + 1e-4) + 1e-6
+            assert radii[i] > 1e-4 and float(rownorms.max()) >= 0.5 * radii[i]  # it projected, to a radius it learned
+    om_ref = opts[0].radii()
+    for key, gam in radii.items():
+        assert abs(gam - om_ref[key]) <= 2 * abs(opts[1].radii()[key] - om_ref[key]) + 1e-8, key
 
 
 def test_native_resume_is_bit_identical(counted):
@@ -164,7 +211,7 @@ def test_failed_build_warns_once_and_keeps_the_compiled_path(monkeypatch):
     monkeypatch.setattr(_kernels, "compiled", lambda fn, static=False: fn)
     a, b = make_params(), make_params()
     eager, comp = DiGraP(a, lr=0.05), DiGraP(b, lr=0.05, compile=True)
-    with pytest.warns(UserWarning, match="C\\+\\+ kernels of DiGraP failed.*no compiler here"):
+    with pytest.warns(UserWarning, match="C\\+\\+ kernels of DiGraP and FTP failed.*no compiler here"):
         for p, q in zip(a, b):
             p.grad = torch.ones_like(p)
             q.grad = torch.ones_like(q)

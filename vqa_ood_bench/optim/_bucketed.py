@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _kernels as K
+from . import _native
 from ._base import RobustOptimizer
 from ._common import Bucket, Gathered, Layout, anchored_params, collect_grads, run_closure, scalars_to_python
 
@@ -27,8 +28,9 @@ class BucketedBase(RobustOptimizer):
     #: names of the per-tensor scalars each layout keeps (subclasses set this)
     scalar_names: tuple[str, ...] = ()
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, compile: bool, **options: Any):
+    def __init__(self, params: Any, defaults: dict[str, Any], *, compile: bool, native: bool = True, **options: Any):
         self._compile = bool(compile)
+        self._native = bool(native)
         super().__init__(params, defaults, **options)
 
     def _setup(self) -> None:
@@ -129,6 +131,15 @@ class BucketedBase(RobustOptimizer):
             return lambda b: fn
         dyn, static = K.compiled(fn), K.compiled(fn, static=True)
         return lambda b: static if b.direct else dyn
+
+    def _native_module(self, lay: Layout) -> Any:
+        """The C++ kernels (:mod:`._native`) when this compiled step can use them on ``lay``
+        (an Adam/AdamW base, on the CPU, with a large float32 tensor), else None."""
+        if not (self._compile and self._native and self.base != "sgd" and lay.device.type == "cpu"):
+            return None
+        if not any(b.direct and _native.runs_natively(b.params[0]) for b in lay.buckets):
+            return None
+        return _native.load()
 
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         """One step of the tensors of ``lay`` (``step``: their gathered gradients and weights)."""

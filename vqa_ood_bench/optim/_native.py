@@ -1,7 +1,7 @@
 """Hand-written C++ kernels for the CPU, built on first use (``torch.utils.cpp_extension``).
 
-Only DiGraP's Adam/AdamW step of large float32 tensors has one (``csrc/digrap_adam_cpu.cpp``,
-one call per tensor: statistics pass, per-tensor scalars, update). In
+DiGraP's and FTP's Adam/AdamW steps of large float32 tensors have one (``csrc/adam_cpu.cpp``,
+one call per tensor: statistics pass, per-tensor scalars, update). For DiGraP, in
 ``benchmarks/bench_optim.py`` it takes 1.65-1.96x fused AdamW on 63 M parameters where the
 ``torch.compile`` kernels take 1.99-2.41x in the same runs: between inductor's statistics
 graph, scalar graph and update kernel, Python and dispatch run on caches the tensor just
@@ -30,7 +30,7 @@ import torch
 
 __all__ = ["available", "load"]
 
-_SOURCE = Path(__file__).with_name("csrc") / "digrap_adam_cpu.cpp"
+_SOURCE = Path(__file__).with_name("csrc") / "adam_cpu.cpp"
 #: -fno-math-errno: without it sqrt keeps a scalar errno path and the loops do not vectorise
 #: (4x slower); -fopenmp: at::parallel_for is inline OpenMP code, serial without it (1.3x
 #: slower on 2 cores). The OpenMP runtime is torch's own: it is loaded first, under the same
@@ -74,12 +74,12 @@ def load() -> ModuleType | None:
 
                 _ninja_on_path()
                 _state["module"] = build(
-                    name="vqa_ood_bench_digrap_cpu", sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                    name="vqa_ood_bench_optim_cpu", sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
                     verbose=False,
                 )
             except Exception as exc:  # noqa: BLE001 - any build failure: keep the compiled path
                 warnings.warn(
-                    f"building the C++ kernels of DiGraP failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                    f"building the C++ kernels of DiGraP and FTP failed ({type(exc).__name__}: {str(exc)[:300]}); "
                     "running the torch.compile kernels instead (same results, slower)",
                     stacklevel=3,
                 )

@@ -123,8 +123,8 @@ class DiGraP(BucketedBase):
             weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
             omega_betas=tuple(omega_betas), omega_eps=omega_eps,
         )
-        self._native = bool(native)
-        super().__init__(params, defaults, compile=compile, base=base, exclude=exclude, foreach=foreach, fused=fused)
+        super().__init__(params, defaults, compile=compile, native=native, base=base, exclude=exclude, foreach=foreach,
+                         fused=fused)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         _check_digrap_hparams(group)
@@ -206,12 +206,14 @@ class DiGraP(BucketedBase):
             # update, back to back, so that the update finds the bucket's tensors still in
             # cache where they fit (2-9% of the step in benchmarks/bench_optim.py).
             fused = self._kernel(_stats_and_scalars)
-            native = self._native_step(group, lay, cfg, table)
+            ext = self._native_module(lay)  # C++ step of large float32 CPU tensors
+            hp = None if ext is None else _native_hparams(cfg, float(group["lr"]))
 
             def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
                 g, p, _ = gat
-                if native is not None and b.direct and _native.runs_natively(p):
-                    return native(b, gat)
+                if ext is not None and b.direct and _native.runs_natively(p):
+                    return ext.digrap_adam_step(g, p, b.bufs.get("anchor"), b.bufs["exp_avg"], b.bufs["exp_avg_sq"],
+                                                table, b.slots.start, b.rows, hp)
                 cupd, new, projects = fused(b)(
                     g, p, b.bufs.get("anchor"), b.bufs.get("exp_avg"), b.bufs.get("exp_avg_sq"), _prev_update(b),
                     table[sl], act_f[sl], lr, cfg, b.red_dim,
@@ -236,25 +238,6 @@ class DiGraP(BucketedBase):
                     reads_anchor = projects is None or any(projects[sl])
                     self._update(lay, b, gat, upd_fn(b), cupd[sl], cfg, reads_anchor)
         self._commit(lay, step, new_table)
-
-    def _native_step(self, group: dict[str, Any], lay: Layout, cfg: _Config, table: Tensor) -> Callable | None:
-        """The C++ step of one large float32 tensor (statistics, scalars and update in one
-        call, :mod:`._native`), or None where it does not apply or cannot be built."""
-        if not (self._native and cfg.base != "sgd" and lay.device.type == "cpu"):
-            return None
-        if not any(b.direct and _native.runs_natively(b.params[0]) for b in lay.buckets):
-            return None
-        ext = _native.load()
-        if ext is None:
-            return None
-        hp = _native_hparams(cfg, float(group["lr"]))
-
-        def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]]) -> Tensor:
-            g, p, _ = gat
-            return ext.digrap_adam_step(g, p, b.bufs.get("anchor"), b.bufs["exp_avg"], b.bufs["exp_avg_sq"], table,
-                                        b.slots.start, b.rows, hp)
-
-        return run
 
     def _bucket_stats(self, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], cstats: Tensor, cfg: _Config) -> Tensor:
         """Eager ``(n, 4)`` statistics of bucket ``b`` (``cstats``: its rows of the statistics
@@ -385,7 +368,7 @@ def _stats_and_scalars(g, p, p0, m, v, prev, table, act, lr, cfg: _Config, red: 
 
 def _native_hparams(cfg: _Config, lr: float) -> list[float]:
     """A group's hyper-parameters in the order the C++ step takes them (``HParams`` in
-    ``csrc/digrap_adam_cpu.cpp``)."""
+    ``csrc/adam_cpu.cpp``)."""
     return [
         lr, cfg.mu, cfg.omega or 0.0, cfg.two_sided or 0.0, *cfg.omega_betas, cfg.omega_eps,
         cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay,

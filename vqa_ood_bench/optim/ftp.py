@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import _kernels as K
+from . import _native
 from ._bucketed import BucketedBase, base_hparams, rows
 from ._common import Bucket, Gathered, Layout, scalar_adam
 
@@ -54,6 +55,8 @@ class FTP(BucketedBase):
         betas, eps, weight_decay, momentum, dampening, nesterov: the base optimizer's.
         gamma_betas, gamma_eps: Adam on the radius.
         compile: use the ``torch.compile``-d one-sweep kernels (first step compiles).
+        native: with ``compile=True``, step large float32 CPU tensors of Adam/AdamW groups
+            with hand-written C++ loops (as :class:`DiGraP`; see :mod:`._native`).
         foreach, fused: passed to torch for groups that take the plain step.
     """
 
@@ -78,6 +81,7 @@ class FTP(BucketedBase):
         gamma_betas: tuple[float, float] = (0.9, 0.999),
         gamma_eps: float = 1e-8,
         compile: bool = False,
+        native: bool = True,
         foreach: bool | None = None,
         fused: bool | None = None,
     ):
@@ -86,7 +90,8 @@ class FTP(BucketedBase):
             weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
             gamma_betas=tuple(gamma_betas), gamma_eps=gamma_eps,
         )
-        super().__init__(params, defaults, compile=compile, base=base, exclude=exclude, foreach=foreach, fused=fused)
+        super().__init__(params, defaults, compile=compile, native=native, base=base, exclude=exclude, foreach=foreach,
+                         fused=fused)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         if not 0.0 <= group["k"] <= 1.0:
@@ -140,9 +145,14 @@ class FTP(BucketedBase):
             stats_fn, cand_fn = self._kernel(_stats_and_radius), self._kernel(_candidate_and_radius)
             upd_fn = self._kernel(K.ftp_sgd_update if cfg.base == "sgd" else K.ftp_adam_update)
             proj_fn = self._kernel(K.ftp_project)
+            ext = self._native_module(lay)  # C++ step of large float32 CPU tensors
+            hp = None if ext is None else _native_hparams(cfg, float(group["lr"]))
 
             def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
                 g, p, act = gat
+                if ext is not None and b.direct and _native.runs_natively(p):
+                    return ext.ftp_adam_step(g, p, b.bufs.get("anchor"), b.bufs["exp_avg"], b.bufs["exp_avg_sq"],
+                                             b.bufs["prev_c"], table, b.slots.start, b.rows, hp)
                 masked = len(act) < b.n
                 fn = stats_fn(b) if b.direct else cand_fn(b)
                 ucoef, new, rn = fn(g, p, *_bufs(b), table[sl], act_f[sl], lr, cfg, b.red_dim, masked)
@@ -274,6 +284,13 @@ def _radius(totals: Tensor, table: Tensor, cfg: _Config) -> tuple[Tensor, Tensor
     gm = torch.where(first, table[:, 2], gm)
     gv = torch.where(first, table[:, 3], gv)
     return gam, torch.stack([tn, gam, gm, gv], 1)
+
+
+def _native_hparams(cfg: _Config, lr: float) -> list[float]:
+    """A group's hyper-parameters in the order the C++ step takes them (``ftp_adam_step`` in
+    ``csrc/adam_cpu.cpp``)."""
+    return [lr, cfg.k, cfg.mu, *cfg.gamma_betas, cfg.gamma_eps, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay,
+            float(cfg.base == "adamw"), GAMMA_MIN]
 
 
 def _stats_and_radius(g, p, p0, m, v, buf, cbuf, table, act, lr, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201

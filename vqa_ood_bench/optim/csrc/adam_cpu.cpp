@@ -1,5 +1,5 @@
-// DiGraP's Adam/AdamW step for one large float32 tensor on the CPU, in one call: the
-// statistics pass, the per-tensor scalars and the update.
+// DiGraP's and FTP's Adam/AdamW steps for one large float32 tensor on the CPU, each in one
+// call: the statistics pass, the per-tensor scalars and the update.
 //
 // Why not torch.compile: on 63 M parameters the compiled kernels take 2.0-2.4x fused AdamW
 // and this step 1.65-1.96x in the same runs (benchmarks/bench_optim.py). The loops move the
@@ -8,7 +8,8 @@
 // sweep; the update reads g, theta, m and v (theta0 only when the tensor projects) and writes
 // theta, m and v. Everything follows vqa_ood_bench/optim/_kernels.py (digrap_adam_stats,
 // digrap_adam_update) and digrap.py (_stats_coef, _scalars), which stay the reference: the
-// tests compare the two.
+// tests compare the two. FTP's step follows ftp_adam_stats / ftp_adam_update and ftp.py
+// (_candidate_coef, _radius) in the same way.
 //
 // Portability: the loops are built for three x86-64 levels (AVX-512, AVX2+FMA, baseline) and
 // the loader picks one for the running CPU (GCC/Clang function multi-versioning); other
@@ -120,6 +121,83 @@ VOB_MULTIVERSION void update_chunk(const UpdateArgs& u, int64_t lo, int64_t hi) 
   u.p0 != nullptr ? update_body<true>(u, lo, hi) : update_body<false>(u, lo, hi);
 }
 
+// ---- FTP -----------------------------------------------------------------------------------
+
+struct FtpArgs {
+  const float *g, *p0;
+  float *p, *m, *v, *cprev;
+  float lr_bc1, bc2, decay, wdc, beta1, beta2, eps;
+};
+
+// Adam(W)'s candidate step at element i: the new moments and c = theta_new - theta0
+#define VOB_FTP_CANDIDATE                                            \
+  const float g = G[i], p = P[i];                                    \
+  const float gp = g + wdc * p;                                      \
+  const float mo = M[i], vo = V[i];                                  \
+  const float mn = mo + (gp - mo) * om1;                             \
+  const float vn = vo * beta2 + gp * gp * om2;                       \
+  const float pn = p * decay - lr_bc1 * mn / (std::sqrt(vn * bc2) + eps); \
+  const float c = ANCHOR ? pn - P0[i] : pn;
+
+#define VOB_FTP_LOCALS                                                                   \
+  const float* __restrict G = f.g;                                                       \
+  const float* __restrict P0 = f.p0;                                                     \
+  float* __restrict P = f.p;                                                             \
+  float* __restrict M = f.m;                                                             \
+  float* __restrict V = f.v;                                                             \
+  float* __restrict CP = f.cprev;                                                        \
+  const float lr_bc1 = f.lr_bc1, bc2 = f.bc2, decay = f.decay, wdc = f.wdc, eps = f.eps; \
+  const float beta2 = f.beta2, om1 = 1.f - f.beta1, om2 = 1.f - f.beta2;
+
+// sums over [lo, hi) of one row: |c|_1, |c_prev|_1, <g, c_prev> (nothing is written)
+template <bool ANCHOR>
+VOB_INLINE void ftp_stats_body(const FtpArgs& f, int64_t lo, int64_t hi, double* out) {
+  VOB_FTP_LOCALS
+  float s0 = 0.f, s1 = 0.f, s2 = 0.f;
+#pragma omp simd reduction(+ : s0, s1, s2)
+  for (int64_t i = lo; i < hi; ++i) {
+    VOB_FTP_CANDIDATE
+    const float cp = CP[i];
+    s0 += std::fabs(c);
+    s1 += std::fabs(cp);
+    s2 += g * cp;
+  }
+  out[0] = s0; out[1] = s1; out[2] = s2;
+}
+
+// the candidate step again, projected: theta = theta0 + scale * c, c_prev = c, new moments
+template <bool ANCHOR>
+VOB_INLINE void ftp_update_body(const FtpArgs& f, float scale, int64_t lo, int64_t hi) {
+  VOB_FTP_LOCALS
+#pragma omp simd
+  for (int64_t i = lo; i < hi; ++i) {
+    VOB_FTP_CANDIDATE
+    M[i] = mn;
+    V[i] = vn;
+    CP[i] = c;
+    P[i] = ANCHOR ? P0[i] + scale * c : scale * c;
+  }
+}
+
+VOB_MULTIVERSION void ftp_stats_chunk(const FtpArgs& f, int64_t lo, int64_t hi, double* out) {
+  f.p0 != nullptr ? ftp_stats_body<true>(f, lo, hi, out) : ftp_stats_body<false>(f, lo, hi, out);
+}
+
+VOB_MULTIVERSION void ftp_update_chunk(const FtpArgs& f, float scale, int64_t lo, int64_t hi) {
+  f.p0 != nullptr ? ftp_update_body<true>(f, scale, lo, hi) : ftp_update_body<false>(f, scale, lo, hi);
+}
+
+// a tensor of `rows` rows cut into (row, chunk) tasks, so that short tensors still split
+struct RowTasks {
+  int64_t rows, cols, per_row;
+  RowTasks(int64_t n, int64_t rows_) : rows(rows_), cols(n / rows_), per_row((n / rows_ + kChunk - 1) / kChunk) {}
+  int64_t count() const { return rows * per_row; }
+  int64_t grain() const { return std::max<int64_t>(1, kChunk / std::min(cols, kChunk)); }
+  int64_t row(int64_t t) const { return t / per_row; }
+  int64_t lo(int64_t t) const { return row(t) * cols + (t % per_row) * kChunk; }
+  int64_t hi(int64_t t) const { return row(t) * cols + std::min(cols, (t % per_row + 1) * kChunk); }
+};
+
 void check_tensor(const torch::Tensor& t, const char* name, int64_t numel) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
               name, " must be a contiguous float32 CPU tensor");
@@ -136,25 +214,18 @@ std::vector<double> table_row(const torch::Tensor& table, int64_t row) {
 // and h = sum over rows of c_{t-1} <g_r, D'_r> / (max(|g_r|, eps) * max(|c_{t-1}| |D'_r|, eps))
 // (0 without `prev`)
 std::array<double, 4> tensor_stats(const StatsArgs& a, int64_t n, int64_t rows, bool prev, double cprev) {
-  const int64_t cols = n / rows;
-  const int64_t per_row = (cols + kChunk - 1) / kChunk;
-  const int64_t tasks = rows * per_row;
+  const RowTasks rt(n, rows);
   // partial sums per task (float within a chunk, as the compiled kernels' vectorised
   // reductions), added up in double here
-  std::vector<double> part(tasks * 5);
-  const int64_t grain = std::max<int64_t>(1, kChunk / std::min(cols, kChunk));
-  at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r = t / per_row, c = t % per_row;
-      const int64_t lo = r * cols + c * kChunk, hi = r * cols + std::min(cols, (c + 1) * kChunk);
-      stats_chunk(a, prev, lo, hi, &part[t * 5]);
-    }
+  std::vector<double> part(rt.count() * 5);
+  at::parallel_for(0, rt.count(), rt.grain(), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) stats_chunk(a, prev, rt.lo(t), rt.hi(t), &part[t * 5]);
   });
   std::array<double, 4> out{0, 0, 0, 0};
   for (int64_t r = 0; r < rows; ++r) {
     double s[5] = {0, 0, 0, 0, 0};
-    for (int64_t c = 0; c < per_row; ++c)
-      for (int k = 0; k < 5; ++k) s[k] += part[(r * per_row + c) * 5 + k];
+    for (int64_t c = 0; c < rt.per_row; ++c)
+      for (int k = 0; k < 5; ++k) s[k] += part[(r * rt.per_row + c) * 5 + k];
     out[0] += s[0];
     out[1] += s[1];
     out[2] += s[2];
@@ -251,6 +322,80 @@ torch::Tensor digrap_adam_step(const torch::Tensor& g, const torch::Tensor& p, c
   return out.to(table.scalar_type());
 }
 
+// One FTP Adam/AdamW step of one float32 tensor, in place: the read-only statistics pass over
+// the candidate step, the radius, then the candidate step again, projected (writes theta, m,
+// v and c_prev). `table`: the layout's (n, 4) table (step, gamma, gamma_exp_avg,
+// gamma_exp_avg_sq), row `slot` read; returns the new row (1, 4). Mirrors ftp._candidate_coef,
+// ftp._radius and the kernels ftp_adam_stats / ftp_adam_update for one active tensor.
+torch::Tensor ftp_adam_step(const torch::Tensor& g, const torch::Tensor& p, const c10::optional<torch::Tensor>& p0,
+                            const torch::Tensor& m, const torch::Tensor& v, const torch::Tensor& cprev,
+                            const torch::Tensor& table, int64_t slot, int64_t rows, const std::vector<double>& h) {
+  const int64_t n = p.numel();
+  TORCH_CHECK(rows >= 1 && n % rows == 0, "rows must divide the tensor's size");
+  for (auto [t, name] : {std::pair{&g, "g"}, {&p, "p"}, {&m, "m"}, {&v, "v"}, {&cprev, "c_prev"}})
+    check_tensor(*t, name, n);
+  if (p0) check_tensor(*p0, "p0", n);
+  // hyper-parameters, in the order of ftp._native_hparams
+  TORCH_CHECK(h.size() == 12, "expected 12 hyper-parameters, got ", h.size());
+  const double lr = h[0], k = h[1], mu = h[2], gb1 = h[3], gb2 = h[4], geps = h[5];
+  const double beta1 = h[6], beta2 = h[7], eps = h[8], wd = h[9], gamma_min = h[11];
+  const bool decoupled = h[10] != 0;
+  const auto row = table_row(table, slot);
+  TORCH_CHECK(row.size() == 4, "the scalar table must have 4 columns");
+  const double tn = row[0] + 1, gamma = row[1], gm = row[2], gv = row[3];
+
+  // candidate coefficients (ftp._candidate_coef)
+  const double decay = decoupled ? 1.0 - lr * wd : 1.0;
+  FtpArgs f{g.data_ptr<float>(), p0 ? p0->data_ptr<float>() : nullptr, p.data_ptr<float>(), m.data_ptr<float>(),
+            v.data_ptr<float>(), cprev.data_ptr<float>(), float(lr / (1.0 - std::pow(beta1, tn))),
+            float(1.0 / (1.0 - std::pow(beta2, tn))), float(decay), float(decoupled ? 0.0 : wd), float(beta1),
+            float(beta2), float(eps)};
+
+  // statistics: row norms |c_r|_1 + 1e-8, their max, and sum_r <g_r, c_prev_r> / (|c_prev_r|_1 + 1e-8)
+  const RowTasks rt(n, rows);
+  std::vector<double> part(rt.count() * 3);
+  at::parallel_for(0, rt.count(), rt.grain(), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) ftp_stats_chunk(f, rt.lo(t), rt.hi(t), &part[t * 3]);
+  });
+  std::vector<double> rownorm(rows);
+  double gg = 0.0, max_norm = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double s[3] = {0, 0, 0};
+    for (int64_t c = 0; c < rt.per_row; ++c)
+      for (int q = 0; q < 3; ++q) s[q] += part[(r * rt.per_row + c) * 3 + q];
+    rownorm[r] = s[0] + 1e-8;
+    max_norm = std::max(max_norm, rownorm[r]);
+    gg += s[2] / (s[1] + 1e-8);
+  }
+
+  // the radius (ftp._radius): Adam on gamma, positive hyper-gradients damped by k
+  if (gg > 0) gg *= k;
+  double new_gamma = gamma_min, nm = gm, nv = gv;
+  if (tn != 1) {
+    nm = gm * gb1 + gg * (1.0 - gb1);
+    nv = gv * gb2 + gg * gg * (1.0 - gb2);
+    const double mhat = nm / (1.0 - std::pow(gb1, tn));
+    const double vhat = nv / (1.0 - std::pow(gb2, tn));
+    new_gamma = std::min(std::max(gamma - mu * mhat / (std::sqrt(vhat) + geps), gamma_min), max_norm);
+  }
+  new_gamma = std::max(new_gamma, gamma_min);
+
+  // the projected step, row by row
+  at::parallel_for(0, rt.count(), rt.grain(), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float scale = float(std::min(1.0, std::max(0.0, new_gamma / rownorm[rt.row(t)])));
+      ftp_update_chunk(f, scale, rt.lo(t), rt.hi(t));
+    }
+  });
+  for (const torch::Tensor* t : {&p, &m, &v, &cprev}) t->unsafeGetTensorImpl()->bump_version();
+
+  auto out = torch::empty({1, 4}, torch::kFloat64);
+  double* o = out.data_ptr<double>();
+  o[0] = tn; o[1] = new_gamma; o[2] = nm; o[3] = nv;
+  return out.to(table.scalar_type());
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("digrap_adam_step", &digrap_adam_step);
+  mod.def("ftp_adam_step", &ftp_adam_step);
 }
