@@ -1,8 +1,8 @@
 // DiGraP's and FTP's Adam/AdamW steps for one large float32 tensor on the CPU, each in one
 // call: the statistics pass, the per-tensor scalars and the update.
 //
-// Why not torch.compile: on 63 M parameters the compiled kernels take 2.0-2.4x fused AdamW
-// and this step 1.65-1.96x in the same runs (benchmarks/bench_optim.py). The loops move the
+// Why not torch.compile: on 63 M parameters DiGraP's compiled kernels take 2.0-2.6x fused
+// AdamW and this step 1.65-2.01x in the same runs (benchmarks/bench_optim.py). The loops move the
 // same memory; the difference is what runs between them (see vqa_ood_bench/optim/_native.py).
 // The statistics pass reads g, theta, theta0, m and v once and does its row sums in the same
 // sweep; the update reads g, theta, m and v (theta0 only when the tensor projects) and writes
@@ -40,6 +40,12 @@ constexpr double kNormalizeEps = 1e-12;
 constexpr int64_t kChunk = 16384;
 // elements per update task
 constexpr int64_t kUpdateGrain = 32768;
+// the updates walk each thread's range backwards in pieces of this many elements, each piece
+// forwards: they start where the statistics pass ended, on what is still in cache. In A/B
+// runs against a forward walk, DiGraP's step took 0-6% less time; FTP's between 4% less and
+// 5% more. Pieces of 256 KiB per stream keep the hardware prefetchers going: walking FTP's
+// rows one by one backwards made its step 10% slower.
+constexpr int64_t kBackPiece = 65536;
 
 struct StatsArgs {
   const float *g, *p, *p0, *m, *v;
@@ -312,7 +318,10 @@ torch::Tensor digrap_adam_step(const torch::Tensor& g, const torch::Tensor& p, c
                m.data_ptr<float>(), v.data_ptr<float>(), float(a), float(b),
                float(hp.lr / (1.0 - std::pow(hp.beta1, tn))), float(1.0 / (1.0 - std::pow(hp.beta2, tn))),
                float(decay), float(wdc), float(hp.beta1), float(hp.beta2), float(hp.eps)};
-  at::parallel_for(0, n, kUpdateGrain, [&](int64_t lo, int64_t hi) { update_chunk(u, lo, hi); });
+  // backwards in kBackPiece pieces (see there)
+  at::parallel_for(0, n, kUpdateGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t e = hi; e > lo; e -= kBackPiece) update_chunk(u, std::max(lo, e - kBackPiece), e);
+  });
   // written through raw pointers: count the in-place change as torch's own ops would
   for (const torch::Tensor* t : {&p, &m, &v}) t->unsafeGetTensorImpl()->bump_version();
 
@@ -382,9 +391,12 @@ torch::Tensor ftp_adam_step(const torch::Tensor& g, const torch::Tensor& p, cons
 
   // the projected step, row by row
   at::parallel_for(0, rt.count(), rt.grain(), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const float scale = float(std::min(1.0, std::max(0.0, new_gamma / rownorm[rt.row(t)])));
-      ftp_update_chunk(f, scale, rt.lo(t), rt.hi(t));
+    const int64_t block = std::max<int64_t>(1, kBackPiece / std::min(rt.cols, kBackPiece));  // tasks per piece
+    for (int64_t e = t1; e > t0; e -= block) {  // pieces backwards, as DiGraP's update
+      for (int64_t t = std::max(t0, e - block); t < e; ++t) {
+        const float scale = float(std::min(1.0, std::max(0.0, new_gamma / rownorm[rt.row(t)])));
+        ftp_update_chunk(f, scale, rt.lo(t), rt.hi(t));
+      }
     }
   });
   for (const torch::Tensor* t : {&p, &m, &v, &cprev}) t->unsafeGetTensorImpl()->bump_version();
@@ -395,7 +407,8 @@ torch::Tensor ftp_adam_step(const torch::Tensor& g, const torch::Tensor& p, cons
   return out.to(table.scalar_type());
 }
 
+// the GIL is released during a step (other Python threads, e.g. a data loader's, keep running)
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("digrap_adam_step", &digrap_adam_step);
-  mod.def("ftp_adam_step", &ftp_adam_step);
+  mod.def("digrap_adam_step", &digrap_adam_step, py::call_guard<py::gil_scoped_release>());
+  mod.def("ftp_adam_step", &ftp_adam_step, py::call_guard<py::gil_scoped_release>());
 }
