@@ -9,8 +9,10 @@ them (a broken source must not pass as "skipped").
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,3 +225,15 @@ def test_failed_build_warns_once_and_keeps_the_compiled_path(monkeypatch):
         eager.step()
     for pa, pb in zip(a, b):
         torch.testing.assert_close(pb, pa, rtol=1e-6, atol=1e-7)
+
+
+def test_ninja_from_the_wheel_is_put_on_path(monkeypatch):
+    """torch's builder runs `ninja` from PATH; an environment that is not activated has the
+    wheel's ninja only in its bin folder, which the loader adds."""
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    _native._ninja_on_path()
+    first = os.environ["PATH"].split(os.pathsep)[0]
+    assert first == ninja.BIN_DIR
+    assert (Path(first) / "ninja").exists()
