@@ -132,14 +132,29 @@ class BucketedBase(RobustOptimizer):
         dyn, static = K.compiled(fn), K.compiled(fn, static=True)
         return lambda b: static if b.direct else dyn
 
-    def _native_module(self, lay: Layout) -> Any:
-        """The C++ kernels (:mod:`._native`) when this compiled step can use them on ``lay``
-        (an Adam/AdamW base, on the CPU, with a large float32 tensor), else None."""
-        if not (self._compile and self._native and self.base != "sgd" and lay.device.type == "cpu"):
-            return None
-        if not any(b.direct and _native.runs_natively(b.params[0]) for b in lay.buckets):
-            return None
-        return _native.load()
+    def _native_step(self, lay: Layout, table: Tensor, kernel: str, buf_names: tuple[str, ...],
+                     hparams: Callable[[], list[float]]) -> Callable[[Bucket, Tensor, Tensor], Tensor | None]:
+        """The C++ step (:mod:`._native`) of the compiled loop: ``run(bucket, g, p)`` steps a
+        large float32 tensor with ``kernel`` (arguments: g, p, anchor, the buffers
+        ``buf_names``, the scalar table, the tensor's slot and rows, ``hparams()``) and returns
+        its new scalars, or returns None for a bucket the compiled kernels take. The C++
+        kernels exist for Adam/AdamW bases on the CPU; without them (or switched off) every
+        bucket gets None."""
+        ext = None
+        if self._compile and self._native and self.base != "sgd" and lay.device.type == "cpu":
+            if any(b.direct and _native.runs_natively(b.params[0]) for b in lay.buckets):
+                ext = _native.load()
+        if ext is None:
+            return lambda b, g, p: None
+        fn, hp = getattr(ext, kernel), hparams()
+
+        def run(b: Bucket, g: Tensor, p: Tensor) -> Tensor | None:
+            if not (b.direct and _native.runs_natively(p)):
+                return None
+            return fn(g, p, b.bufs.get("anchor"), *(b.bufs[name] for name in buf_names), table, b.slots.start,
+                      b.rows, hp)
+
+        return run
 
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         """One step of the tensors of ``lay`` (``step``: their gathered gradients and weights)."""

@@ -41,7 +41,6 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import _kernels as K
-from . import _native
 from ._bucketed import BucketedBase, base_hparams, rows
 from ._common import Bucket, Gathered, Layout, scalar_adam
 
@@ -206,14 +205,14 @@ class DiGraP(BucketedBase):
             # update, back to back, so that the update finds the bucket's tensors still in
             # cache where they fit (2-9% of the step in benchmarks/bench_optim.py).
             fused = self._kernel(_stats_and_scalars)
-            ext = self._native_module(lay)  # C++ step of large float32 CPU tensors
-            hp = None if ext is None else _native_hparams(cfg, float(group["lr"]))
+            native = self._native_step(lay, table, "digrap_adam_step", ("exp_avg", "exp_avg_sq"),
+                                       lambda: _native_hparams(cfg, float(group["lr"])))
 
             def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
                 g, p, _ = gat
-                if ext is not None and b.direct and _native.runs_natively(p):
-                    return ext.digrap_adam_step(g, p, b.bufs.get("anchor"), b.bufs["exp_avg"], b.bufs["exp_avg_sq"],
-                                                table, b.slots.start, b.rows, hp)
+                new = native(b, g, p)  # large float32 CPU tensors: the C++ step
+                if new is not None:
+                    return new
                 cupd, new, projects = fused(b)(
                     g, p, b.bufs.get("anchor"), b.bufs.get("exp_avg"), b.bufs.get("exp_avg_sq"), _prev_update(b),
                     table[sl], act_f[sl], lr, cfg, b.red_dim,

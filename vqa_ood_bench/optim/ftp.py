@@ -27,7 +27,6 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from . import _kernels as K
-from . import _native
 from ._bucketed import BucketedBase, base_hparams, rows
 from ._common import Bucket, Gathered, Layout, scalar_adam
 
@@ -145,14 +144,14 @@ class FTP(BucketedBase):
             stats_fn, cand_fn = self._kernel(_stats_and_radius), self._kernel(_candidate_and_radius)
             upd_fn = self._kernel(K.ftp_sgd_update if cfg.base == "sgd" else K.ftp_adam_update)
             proj_fn = self._kernel(K.ftp_project)
-            ext = self._native_module(lay)  # C++ step of large float32 CPU tensors
-            hp = None if ext is None else _native_hparams(cfg, float(group["lr"]))
+            native = self._native_step(lay, table, "ftp_adam_step", ("exp_avg", "exp_avg_sq", "prev_c"),
+                                       lambda: _native_hparams(cfg, float(group["lr"])))
 
             def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
                 g, p, act = gat
-                if ext is not None and b.direct and _native.runs_natively(p):
-                    return ext.ftp_adam_step(g, p, b.bufs.get("anchor"), b.bufs["exp_avg"], b.bufs["exp_avg_sq"],
-                                             b.bufs["prev_c"], table, b.slots.start, b.rows, hp)
+                new = native(b, g, p)  # large float32 CPU tensors: the C++ step
+                if new is not None:
+                    return new
                 masked = len(act) < b.n
                 fn = stats_fn(b) if b.direct else cand_fn(b)
                 ucoef, new, rn = fn(g, p, *_bufs(b), table[sl], act_f[sl], lr, cfg, b.red_dim, masked)
