@@ -10,6 +10,12 @@ written (what a kill leaves on disk, deterministically); the same ``run_benchmar
 from the Trainer checkpoint. The resumed run must take only the remaining optimizer steps and
 end with the uninterrupted run's tensors, model selection and history — which needs the
 optimizer's ``state_dict`` (DiGraP's ω and moments), the scheduler and the RNG restored.
+
+The shipped default config checkpoints (a default run killed in training continues from its
+checkpoint), and damaged files never end a resume in a traceback: a checkpoint whose manifest
+does not verify (truncated ``model_selection.pt``, no manifest, a changed byte) is skipped for
+the previous good one or a fresh start; a ``trained_state.pt`` without ``fit.json``, truncated,
+changed or missing is rebuilt from the final checkpoint (or by training again), to the same tensors.
 """
 
 from __future__ import annotations
@@ -185,3 +191,152 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_tensors(tmp_path
     assert [sorted(h) for h in hist_resumed] == [sorted(h) for h in hist_full]
     assert [h.get("loss", h.get("validation_accuracy")) for h in hist_resumed] == \
         pytest.approx([h.get("loss", h.get("validation_accuracy")) for h in hist_full], rel=1e-5)
+
+
+# ---------------------------------------------------------------- the default config checkpoints
+
+
+def test_default_config_checkpoints_and_a_run_killed_in_training_resumes_from_the_checkpoint(tmp_path, monkeypatch):
+    """README: "An interrupted run resumes where it stopped". With the shipped defaults (no
+    save_steps given anywhere) a run killed after the first checkpoint continues from it."""
+    from vqa_ood_bench.cli.cmd_run import default_config
+    from vqa_ood_bench.config import TrainConfig
+
+    every = TrainConfig().save_steps
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "embedded.yaml").read_text())["train"]
+    cfg = default_config()
+    assert every > 0 and cfg.train.save_steps == shipped["save_steps"] == every
+    assert 2 <= cfg.train.save_total_limit == shipped["save_total_limit"] == TrainConfig().save_total_limit
+    # the default's save settings, with a step budget just past the first checkpoint (seconds on the tiny model)
+    config = cfg.model_copy(update={"limit": 4, "eval_batch_size": 4, "train": cfg.train.model_copy(
+        update={"batch_size": 1, "max_steps": every + 2, "validation_size": 2})})
+
+    killed: list[int] = []
+    monkeypatch.setattr(runner, "get_method", _with_hooks(every + 1, killed))
+    with pytest.raises(Killed):
+        runner.run_benchmark(config, tmp_path / "run", show_progress=False)
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == [f"checkpoint-{every}"]
+    assert (ckpt / f"checkpoint-{every}" / "manifest.json").is_file()
+
+    resumed: list[int] = []
+    monkeypatch.setattr(runner, "get_method", _with_hooks(None, resumed))
+    results = runner.run_benchmark(config, tmp_path / "run", show_progress=False)
+    assert resumed == [every + 1, every + 2]  # not step 1 again
+    assert results.method_params["fit"]["steps"] == every + 2
+    # the end of training is a checkpoint too; save_total_limit keeps the disk bounded
+    assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == [f"checkpoint-{every}", f"checkpoint-{every + 2}"]
+
+
+# ---------------------------------------------------------------- damaged files: fall back, never a traceback
+
+SMALL = {"method": "vanilla", "limit": 8, "eval_batch_size": 8,
+         "train": {"batch_size": 2, "max_steps": 6, "save_steps": 2, "learning_rate": 5e-3, "eval_steps": 2, "validation_size": 4}}
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) * 3 // 4] ^= 0xFF  # inside the tensor data: torch.load alone would not notice
+    path.write_bytes(bytes(data))
+
+
+def _assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(tb[k], ta[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+@pytest.fixture(scope="module")
+def small_full_run(tmp_path_factory) -> Path:
+    """The uninterrupted reference run of SMALL."""
+    out = tmp_path_factory.mktemp("small") / "full"
+    runner.run_benchmark(RunConfig.model_validate(SMALL), out, show_progress=False)
+    return out
+
+
+@pytest.mark.parametrize("damage, resumed_from", [
+    ("truncate-newest-selection", 2),  # model_selection.pt of checkpoint-4 cut in half
+    ("no-manifest-newest", 2),  # killed while saving checkpoint-4
+    ("flip-newest-weights", 2),  # a silently changed byte in checkpoint-4's adapter weights
+    ("truncate-all", 0),  # nothing usable: start over
+])
+def test_damaged_checkpoint_falls_back_to_the_previous_good_one(tmp_path, monkeypatch, small_full_run, damage, resumed_from):
+    config = RunConfig.model_validate(SMALL)
+    monkeypatch.setattr(runner, "get_method", _with_hooks(5, []))
+    with pytest.raises(Killed):
+        runner.run_benchmark(config, tmp_path / "run", show_progress=False)
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpt.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    if damage == "truncate-newest-selection":
+        _truncate(ckpt / "checkpoint-4" / "model_selection.pt")
+    elif damage == "no-manifest-newest":
+        (ckpt / "checkpoint-4" / "manifest.json").unlink()
+    elif damage == "flip-newest-weights":
+        _flip_a_byte(next((ckpt / "checkpoint-4").glob("adapter_model.*")))
+    else:
+        for sel in ckpt.glob("checkpoint-*/model_selection.pt"):
+            _truncate(sel)
+
+    seen: list[int] = []
+    lines: list[str] = []
+    monkeypatch.setattr(runner, "get_method", _with_hooks(None, seen))
+    runner.run_benchmark(config, tmp_path / "run", show_progress=False, log=lines.append)
+    assert seen == list(range(resumed_from + 1, 7))
+    warnings = [s for s in lines if "checkpoint-4" in s and "skipping" in s]
+    assert len(warnings) == 1 and "\n" not in warnings[0], lines
+    _assert_same_tensors(small_full_run / "trained_state.pt", tmp_path / "run" / "trained_state.pt")
+    fit_full = json.loads((small_full_run / "fit.json").read_text())
+    fit_run = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert (fit_run["best_step"], fit_run["best_validation"]) == (fit_full["best_step"], fit_full["best_validation"])
+    # every checkpoint left now verifies
+    from vqa_ood_bench.train.engine import _checkpoint_problem
+
+    assert all(_checkpoint_problem(p) is None for p in ckpt.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("damage", ["no-fit-json", "truncated-trained-state", "flipped-trained-state", "no-trained-state"])
+@pytest.mark.parametrize("checkpoints", [True, False])
+def test_damaged_trained_state_is_recovered(tmp_path, monkeypatch, small_full_run, damage, checkpoints):
+    """Killed between trained_state.pt and fit.json, or a damaged trained_state.pt: the resume
+    warns in one line and gets the same weights again, from the final training checkpoint (no
+    step repeated) or, without checkpoints, by training again."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(small_full_run, run)
+    (run / "results.json").unlink()
+    if not checkpoints:
+        shutil.rmtree(run / "checkpoints")
+    if damage == "no-fit-json":
+        (run / "fit.json").unlink()
+    elif damage == "truncated-trained-state":
+        _truncate(run / "trained_state.pt")
+    elif damage == "flipped-trained-state":
+        _flip_a_byte(run / "trained_state.pt")
+    else:
+        (run / "trained_state.pt").unlink()
+
+    seen: list[int] = []
+    lines: list[str] = []
+    monkeypatch.setattr(runner, "get_method", _with_hooks(None, seen))
+    results = runner.run_benchmark(RunConfig.model_validate(SMALL), run, show_progress=False, log=lines.append)
+    assert seen == ([] if checkpoints else [1, 2, 3, 4, 5, 6])
+    warnings = [s for s in lines if "cannot be used" in s]
+    assert len(warnings) == 1 and "\n" not in warnings[0], lines
+    _assert_same_tensors(small_full_run / "trained_state.pt", run / "trained_state.pt")
+    fit = json.loads((run / "fit.json").read_text())
+    assert fit["trained_state"]["sha256"] and "resumed" not in fit
+    assert results.method_params["fit"]["best_step"] == json.loads((small_full_run / "fit.json").read_text())["best_step"]
+
+    # and a second resume trusts the files it wrote (no training, no warning)
+    lines.clear()
+    seen.clear()
+    results = runner.run_benchmark(RunConfig.model_validate(SMALL), run, show_progress=False, log=lines.append)
+    assert seen == [] and results.method_params["fit"]["resumed"] is True
+    assert not [s for s in lines if "warning" in s]

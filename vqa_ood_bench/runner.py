@@ -3,19 +3,29 @@
 ``run_benchmark`` is what ``vqa-ood-bench run`` calls; it is also the Python API. Every stage
 writes into the run folder as it goes (config, predictions per split, results), so a killed
 run can be resumed with the same ``--out``: finished predictions are kept and not redone.
+
+One run at a time per folder: ``run_benchmark`` holds an exclusive lock on the run folder
+(``.lock``; the holder's pid and host in ``.lock-owner.json``) from start to end, and a second
+run on the same folder is refused at once. Files a resume trusts are written atomically and
+verified before use: ``trained_state.pt`` by the sha256 that ``fit.json`` records (written
+after it), the training checkpoints by their ``manifest.json`` (see ``train/engine.py``); a
+damaged one is skipped with a warning, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
 import platform
 import resource
+import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -24,8 +34,10 @@ from .config import RunConfig, dump_config
 from .data.records import VQARecord
 from .data.suite import Suite, SplitSpec, get_suite
 from .errors import ConfigError
-from .io import atomic_write_json, atomic_write_text, ensure_writable_dir
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text, digest_problem, ensure_writable_dir, file_digest
 from .methods.base import MethodContext, get_method
+from . import numerics
+from .numerics import fixed_cpu_numerics
 from .report.schema import ModelInfo, RunResults, SplitResult, compute_averages, write_results
 
 Log = Callable[[str], None]
@@ -53,7 +65,8 @@ def peak_memory_mb() -> float:
 def load_model(config: RunConfig, log: Log, show_progress: bool = True, *, tiny_key: Optional[str] = None):
     """(model, processor, ModelInfo) for ``config.model``: the tiny embedded model or a real one.
 
-    ``tiny_key``: for ``tiny``, the pre-trained model a run recorded (its ``content_hash``).
+    ``tiny_key``: for ``tiny``, the model a run recorded (its ``content_hash``): the shipped
+    artifact's key or the cache key of a model pre-trained here.
     """
     from .models.paligemma import TINY, count_parameters, load_pretrained
 
@@ -66,8 +79,7 @@ def load_model(config: RunConfig, log: Log, show_progress: bool = True, *, tiny_
         else:
             model, processor, info = load_tiny(show_progress=show_progress)
         model.to(dtype)
-        key = info["key"]
-        name, content_hash = TINY, key
+        name, content_hash = TINY, info["key"]
     else:
         model, processor = load_pretrained(config.model, dtype=dtype, revision=config.model_revision)
         name, content_hash = config.model, None
@@ -123,17 +135,21 @@ def load_run_model(run_dir: str | Path, *, device: Optional[str] = None, dtype: 
 
 
 def _tiny_from_key(key: str):
-    """The cached tiny pre-trained model a run recorded as ``model.content_hash``.
+    """The tiny model a run recorded as ``model.content_hash``: the shipped artifact, or a model
+    pre-trained here and cached.
 
-    The recorded key is ``pretrain.json``'s ``key`` (older caches wrote the temporary folder's name
-    there, newer ones the recipe hash in the cache folder's name), so the cache is searched for any
-    of them. A run made with another pre-training recipe (``VQA_OOD_BENCH_PRETRAIN_STEPS``) must not
-    be rebuilt on a different base model: its LoRA adapters would sit on the wrong weights.
+    Cached models are found by ``pretrain.json``'s ``key`` (older caches wrote the temporary
+    folder's name there, newer ones the recipe hash in the cache folder's name). A run made with
+    another model must not be rebuilt on a different one: its LoRA adapters would sit on the
+    wrong weights.
     """
     from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
     from .cache import cache_dir
+    from .models.tiny_artifact import IMAGE_BACKEND, artifact_key, load_shipped
 
+    if key == artifact_key():
+        return load_shipped()
     models = cache_dir() / "models"
     for info_path in sorted(models.glob("*/pretrain.json")) if models.is_dir() else []:
         try:
@@ -144,9 +160,9 @@ def _tiny_from_key(key: str):
             continue
         folder = info_path.parent  # load exactly these weights (load_tiny would re-derive the folder from versions)
         return (PaliGemmaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32),
-                PaliGemmaProcessor.from_pretrained(folder), saved)
+                PaliGemmaProcessor.from_pretrained(folder, backend=IMAGE_BACKEND), saved)
     raise ConfigError(
-        f"the run's tiny pre-trained model ({key}) is not in the cache {models}; "
+        f"the run's tiny model ({key}) is neither the shipped one ({artifact_key()}) nor in the cache {models}; "
         "set VQA_OOD_BENCH_CACHE (and VQA_OOD_BENCH_PRETRAIN_STEPS) as for the run"
     )
 
@@ -170,6 +186,86 @@ def run_benchmark(
     log: Log = lambda s: None,
     show_progress: bool = True,
 ) -> RunResults:
+    """Fine-tune, predict every split, score; everything into ``out_dir`` (resumable).
+
+    Raises :class:`ConfigError` at once when another run holds ``out_dir``.
+    """
+    get_method(config.method, **config.method_params).check(config)  # bad options: refused before a folder is made
+    get_suite(config.suite)
+    distributed.init_from_env()
+    run_dir = ensure_writable_dir(distributed.broadcast(str(out_dir or new_run_dir(method=config.method))))
+    with run_folder_lock(run_dir), fixed_cpu_numerics(config.cpu_threads):
+        return _run_benchmark(config, run_dir, log=log, show_progress=show_progress)
+
+
+LOCK_FILE = ".lock"
+LOCK_OWNER_FILE = ".lock-owner.json"
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's exclusive lock (``filelock``, an ``flock`` released by the OS when
+    the holder dies) for the block; another holder: :class:`ConfigError` at once, no waiting.
+
+    All processes of one ``torchrun`` run share the folder: rank 0 takes the lock and tells the
+    others whether it got it, so every rank of a refused run raises the same error.
+    """
+    from filelock import FileLock, Timeout
+
+    lock, refusal = None, None
+    if distributed.is_main():
+        candidate = FileLock(str(run_dir / LOCK_FILE), timeout=0)
+        try:
+            candidate.acquire()
+        except Timeout:
+            refusal = f"run folder {run_dir} is in use by another run ({_lock_owner(run_dir)}); wait for it or choose another --out"
+        else:
+            lock = candidate
+            try:
+                atomic_write_json(run_dir / LOCK_OWNER_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                              "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+            except BaseException:
+                lock.release()
+                raise
+    refusal = distributed.broadcast(refusal)
+    if refusal:
+        raise ConfigError(refusal)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            (run_dir / LOCK_OWNER_FILE).unlink(missing_ok=True)
+            lock.release()
+
+
+def _lock_owner(run_dir: Path, wait_s: float = 2.0) -> str:
+    """Who holds the lock, from the owner file. The holder writes it just after acquiring, and a
+    killed holder leaves a stale one: wait briefly for a record of a live process."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            owner = json.loads((run_dir / LOCK_OWNER_FILE).read_text())
+            pid, host = int(owner["pid"]), str(owner["host"])
+            if host != socket.gethostname() or _alive(pid):
+                return f"pid {pid} on {host}, since {owner['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            return "pid unknown"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _run_benchmark(config: RunConfig, run_dir: Path, *, log: Log, show_progress: bool) -> RunResults:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     method = get_method(config.method, **config.method_params)
@@ -178,7 +274,6 @@ def run_benchmark(
     # Under torchrun / accelerate launch every process runs this function; only rank 0 writes run files.
     distributed.init_from_env()
     main = distributed.is_main()
-    run_dir = ensure_writable_dir(distributed.broadcast(str(out_dir or new_run_dir(method=config.method))))
     config_text = dump_config(config)
     previous = run_dir / "config.yaml"
     if previous.is_file() and previous.read_text() != config_text:
@@ -209,17 +304,17 @@ def run_benchmark(
     ctx.pretrained_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     fit_info: dict = {}
     trained = run_dir / "trained_state.pt"
-    if method.trains and trained.is_file():  # resuming a run whose training finished
-        _load_trainable(model, trained)
-        fit_info = {**json.loads((run_dir / "fit.json").read_text()), "resumed": True}
+    finished = _finished_training(model, run_dir, log) if method.trains else None
+    if finished is not None:  # resuming a run whose training finished
+        fit_info = {**finished, "resumed": True}
         log(f"resumed: loaded the fine-tuned weights from {trained}")
     elif method.trains:
         t = time.perf_counter()
-        fit_info = _train(model, processor, suite, config, method, ctx, run_dir, show_progress=show_progress)
+        fit_info = _train(model, processor, suite, config, method, ctx, run_dir, show_progress=show_progress, log=log)
         timings["train_s"] = time.perf_counter() - t
-        if main:
+        if main:  # trained_state.pt first, then fit.json with its checksum: fit.json marks training finished
             _save_trainable(model, trained)
-            atomic_write_json(run_dir / "fit.json", fit_info)
+            atomic_write_json(run_dir / "fit.json", {**fit_info, TRAINED_RECORD: file_digest(trained)})
     model = method.finalize(model, ctx)
     from .models.paligemma import count_parameters
 
@@ -248,6 +343,7 @@ def run_benchmark(
         averages=compute_averages(splits),
         timings={k: round(v, 2) for k, v in timings.items()},
         peak_memory_mb=round(peak_memory_mb(), 1),
+        environment=numerics.describe(config.cpu_threads),
     )
     if main:
         write_results(results, run_dir / "results.json")
@@ -255,12 +351,50 @@ def run_benchmark(
     return results
 
 
+TRAINED_RECORD = "trained_state"  # fit.json's key for trained_state.pt's size and sha256
+
+
 def _save_trainable(model, path: Path) -> None:
     """The weights training changed (adapters, or everything for full fine-tuning), atomically."""
     state = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_torch_save(state, path)
+
+
+def _finished_training(model, run_dir: Path, log: Log) -> Optional[dict]:
+    """``fit.json``'s record, with ``trained_state.pt`` loaded into ``model``, when an earlier
+    attempt finished training and both files verify; None (train, continuing from the last good
+    training checkpoint) when there is none, or with a one-line warning when either is missing,
+    unreadable or does not match the checksum ``fit.json`` recorded."""
+    trained, fit_path = run_dir / "trained_state.pt", run_dir / "fit.json"
+    if not trained.exists() and not fit_path.exists():
+        return None
+    problem = None
+    fit_info: dict = {}
+    try:
+        fit_info = json.loads(fit_path.read_text())
+        if not isinstance(fit_info, dict):
+            raise ValueError
+    except FileNotFoundError:
+        problem = "fit.json is missing (interrupted right after training)"
+    except (OSError, ValueError):
+        problem = "fit.json is unreadable"
+    record = fit_info.pop(TRAINED_RECORD, None)
+    if problem is None:
+        if record is not None:  # run folders of earlier versions have none: loading is the check
+            problem = digest_problem(trained, record)
+        elif not trained.is_file():
+            problem = "trained_state.pt is missing"
+    if problem is None:
+        try:
+            _load_trainable(model, trained)
+        except ConfigError:
+            raise  # a readable file for another model: not damage, say so
+        except Exception as exc:  # truncated or not a tensor file (never unpickled: weights_only)
+            problem = f"trained_state.pt cannot be read ({type(exc).__name__})"
+    if problem is None:
+        return fit_info
+    log(f"warning: {run_dir}: the finished training's files cannot be used ({problem}); training again from the last good checkpoint")
+    return None
 
 
 def _load_trainable(model, path: Path) -> None:
@@ -269,12 +403,20 @@ def _load_trainable(model, path: Path) -> None:
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
     if missing:
         raise ConfigError(f"{path} does not match this model ({len(missing)} trainable tensors missing, e.g. {missing[0]})")
+    # checked before the first copy: a refused file leaves the model as it was
+    unknown = [n for n in state if n not in params]
+    if unknown:
+        raise ConfigError(f"{path} does not match this model ({len(unknown)} tensors it does not have, e.g. {unknown[0]})")
+    wrong = [n for n, v in state.items() if not isinstance(v, torch.Tensor) or v.shape != params[n].shape]
+    if wrong:
+        raise ConfigError(f"{path} does not match this model ({wrong[0]} has another shape)")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
 
 
-def _train(model, processor, suite: Suite, config: RunConfig, method, ctx: MethodContext, run_dir: Path, *, show_progress: bool) -> dict:
+def _train(model, processor, suite: Suite, config: RunConfig, method, ctx: MethodContext, run_dir: Path, *, show_progress: bool,
+           log: Log = lambda s: None) -> dict:
     from .predict.generate import generate_answers
     from .score.vqa_accuracy import vqa_scores
     from .train.engine import fit
@@ -300,7 +442,7 @@ def _train(model, processor, suite: Suite, config: RunConfig, method, ctx: Metho
         optimizer_factory=method.optimizer_factory(ctx), step_hooks=method.step_hooks(ctx),
         validate=validate if val_records else None, description=f"fine-tuning ({method.name}, {config.adapter})",
         show_progress=show_progress, bf16=config.dtype == "bfloat16",
-        resume=True, method_name=method.name,  # continue from run_dir/checkpoints when save_steps left one
+        resume=True, method_name=method.name, log=log,  # continue from the last good run_dir/checkpoints/checkpoint-N
     )
     if distributed.is_main():
         atomic_write_json(run_dir / "train_history.json", result.history)

@@ -16,6 +16,8 @@ app = typer.Typer(
 datasets_app = typer.Typer(help="List the known datasets and check files on disk.", no_args_is_help=True)
 plot_app = typer.Typer(help="Draw figures from run folders.", no_args_is_help=True)
 leaderboard_app = typer.Typer(help="Show, add, export and render leaderboard entries.", no_args_is_help=True)
+model_app = typer.Typer(help="The shipped tiny foundation model: check it, rebuild it.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(model_app, name="model")
 app.add_typer(plot_app, name="plot")
 app.add_typer(leaderboard_app, name="leaderboard")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from ..errors import ConfigError
 from .app import leaderboard_app
@@ -44,36 +44,20 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """One table per suite, sorted by OOD average (best first)."""
-    from ..report.leaderboard import METRIC_LABELS, by_suite, load_entries, split_columns
+    from ..report.leaderboard import by_suite, load_entries
 
     entries = [e for _, e in load_entries(_dir(folder), suite=suite)]
     if as_json:
         typer.echo(json.dumps([e.model_dump(mode="json") for e in sorted(entries, key=lambda e: (e.suite,))], indent=2))
         return
+    from ..report.table import leaderboard_table
+
     console = _console()
     if not entries:
-        console.print(f"no entries{f' for suite {suite!r}' if suite else ''} in {_dir(folder)}")
+        console.print(escape(f"no entries{f' for suite {suite!r}' if suite else ''} in {_dir(folder)}"))
         return
     for name, group in by_suite(entries).items():
-        metrics = ", ".join(sorted({f"{METRIC_LABELS[e.metric]} ({e.variant})" for e in group}))
-        table = Table(title=f"{name} · {metrics}", title_justify="left")
-        for col in ("#", "entry", "method", "backbone", "adapter"):
-            table.add_column(col, style="bold" if col == "method" else None)
-        cols = split_columns(group) if splits else []
-        for c in cols:
-            table.add_column(c, justify="right")
-        for col in ("ID", "near", "far", "OOD"):
-            table.add_column(col, justify="right", style="bold cyan" if col == "OOD" else "cyan")
-        table.add_column("status")
-        table.add_column("source", overflow="fold")
-        for rank, e in enumerate(group, 1):
-            verdict = e.verdict()
-            style = {"reproduced": "green", "OFF": "bold red"}.get(verdict, "dim")
-            source = e.source if "," not in e.source else f"{e.source.split(', ')[0]}, {e.source.split(', ')[-1]}"
-            table.add_row(str(rank), e.entry_id, e.method, e.backbone, e.adapter, *[_fmt(e.value(c)) for c in cols],
-                          _fmt(e.averages.id), _fmt(e.averages.near_ood), _fmt(e.averages.far_ood), _fmt(e.averages.ood),
-                          f"[{style}]{verdict}[/{style}]", source)
-        console.print(table)
+        console.print(leaderboard_table(name, group, with_splits=splits))
 
 
 @leaderboard_app.command("add")
@@ -165,6 +149,7 @@ def reproduce(
     """
     from ..report.leaderboard import find_entry, read_entry, write_entry
     from ..report.leaderboard_reproduce import record, reproduce_entry
+    from ..report.table import NumberTable
     from ..runner import new_run_dir
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -174,7 +159,7 @@ def reproduce(
         path, entry = find_entry(entry_ref, _dir(folder))
     run_dir = out or new_run_dir(method=f"reproduce-{entry.method}")
     err = Console(stderr=True)
-    log = (lambda s: None) if as_json else (lambda s: err.print(f"[dim]{s}[/dim]"))
+    log = (lambda s: None) if as_json else (lambda s: err.print(f"[dim]{escape(s)}[/dim]"))
     log(f"reproducing {entry.entry_id} ({entry.source}) into {run_dir}")
     rep = reproduce_entry(entry, run_dir, data_root=str(data_root) if data_root else None, log=log, show_progress=not as_json)
     if save:
@@ -182,25 +167,28 @@ def reproduce(
     if as_json:
         typer.echo(rep.model_dump_json(indent=2))
     else:
-        table = Table(title=f"{entry.entry_id}: submitted vs re-measured ({entry.metric}, tolerance ±{entry.tolerance} pts)", title_justify="left")
-        for col in ("split", "submitted", "measured", "diff", ""):
-            table.add_column(col, justify="left" if col in ("split", "") else "right")
+        table = NumberTable(title=escape(f"{entry.entry_id}: submitted vs re-measured ({entry.metric}, tolerance ±{entry.tolerance} pts)"),
+                            title_justify="left")
+        table.add_column("split", overflow="fold")
+        for col in ("submitted", "measured", "diff"):
+            table.add_number_column(col)
+        table.add_column("")
         for name in entry.splits:
             ok = rep.within_tolerance[name]
             diff = rep.diffs[name]
-            table.add_row(name, _fmt(entry.value(name)), _fmt(rep.measured[name]), "–" if diff is None else f"{diff:+.2f}",
+            table.add_row(escape(name), _fmt(entry.value(name)), _fmt(rep.measured[name]), "–" if diff is None else f"{diff:+.2f}",
                           "[green]ok[/green]" if ok else "[bold red]OFF[/bold red]")
         _console().print(table)
         for note in rep.notes:
-            err.print(f"note: {note}")
+            err.print(f"note: {escape(note)}")
     if not rep.all_within:
         off = ", ".join(
             f"{n} (submitted {_fmt(entry.value(n))}, measured {_fmt(rep.measured[n])}"
             + (f", diff {rep.diffs[n]:+.2f})" if rep.diffs[n] is not None else ")")
             for n in rep.off_splits
         )
-        err.print(f"[bold red]NOT REPRODUCED[/bold red]: {len(rep.off_splits)} of {len(entry.splits)} splits of {entry.entry_id} "
-                  f"differ by more than ±{entry.tolerance} pts: {off}")
+        err.print(f"[bold red]NOT REPRODUCED[/bold red]: " + escape(f"{len(rep.off_splits)} of {len(entry.splits)} splits of {entry.entry_id} "
+                  f"differ by more than ±{entry.tolerance} pts: {off}"))
         raise typer.Exit(code=1)
-    err.print(f"reproduced: all {len(entry.splits)} splits of {entry.entry_id} within ±{entry.tolerance} pts"
-              + (f"; recorded in {path}" if save else ""))
+    err.print(escape(f"reproduced: all {len(entry.splits)} splits of {entry.entry_id} within ±{entry.tolerance} pts"
+                     + (f"; recorded in {path}" if save else "")))

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..errors import ConfigError
 from .app import app
-from .options import DataRootOpt, JsonOpt, LimitOpt, ModelOpt, OutOpt, SeedOpt, VariantOpt, parse_key_values
+from .options import DataRootOpt, JsonOpt, LimitOpt, ModelOpt, OutOpt, SeedOpt, VariantOpt, parse_key_values, positive_number
 
 DEFAULT_METHOD = "vanilla"
 ALL = "all"
@@ -31,41 +31,30 @@ def run(
     out: OutOpt = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON run config; command-line options given explicitly override it.")] = None,
     variant: VariantOpt = "official",
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Training epochs; replaces the config's step budget (default: the config's; with --limit and no --config: 1).", min=0.0)] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Training epochs (> 0); replaces the config's step budget (default: the config's; with --limit and no --config: 1).", callback=positive_number)] = None,
     limit: LimitOpt = None,
+    cpu_threads: Annotated[int, typer.Option("--cpu-threads", min=0, max=1024, help="Intra-op CPU threads (0: torch's default). The numbers depend on it; the embedded suite's published ones are for 2.")] = 2,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="Method parameter KEY=VALUE (repeatable; VALUE read as JSON where it is: 0.5, true, null), e.g. --param mu=0.5 --param omega=1.0; overrides the config's method_params.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune MODEL with METHOD on the suite's training split, score every split, write results.json."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ..config import RunConfig, load_config
-    from ..data.suite import suite_names
-    from ..methods.base import method_names
-    from ..report.table import results_table
-    from ..runner import run_benchmark
-    from ..score.vqa_accuracy import VARIANTS
+    # Every value is checked before any slow work (suite building, model loading): a typo should
+    # cost a second, not the minutes a model takes to load before the value is first used.
+    if param and method == ALL:
+        raise ConfigError("--param sets one method's parameters; for --method all put method_params in a --config")
+    cli_params = parse_params(param) if param else {}
 
-    # Validate names before any slow work, with the known names in the message.
-    if method != ALL and method not in method_names():
-        raise ConfigError(f"unknown method {method!r}; known: {', '.join(method_names())}, or {ALL}")
-    if suite not in suite_names():
-        raise ConfigError(f"unknown suite {suite!r}; known: {', '.join(suite_names())}")
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown scoring variant {variant!r}; known: {', '.join(VARIANTS)}")
-    if adapter not in ("lora", "full"):
-        raise ConfigError(f"unknown adapter {adapter!r}; known: lora, full")
-    if data_root is not None and not data_root.is_dir():
-        raise ConfigError(f"--data-root {str(data_root)!r} is not a folder")
+    from ..config import load_config
 
     cfg = load_config(config) if config else default_config()
     config_method = cfg.method  # under --method all, the config's method_params belong to this method
     given = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     overrides = {
         "method": method, "adapter": adapter, "model": model, "suite": suite, "seed": seed, "scoring_variant": variant,
-        "data_root": str(data_root) if data_root else None, "limit": limit,
+        "data_root": str(data_root) if data_root else None, "limit": limit, "cpu_threads": cpu_threads,
     }
-    param_of = {"scoring_variant": "variant"}
-    update = {k: v for k, v in overrides.items() if param_of.get(k, k) in given or not config}
+    update = {k: v for k, v in overrides.items() if OPTION_OF.get(k, k) in given or not config}
     cfg = cfg.model_copy(update=update)
     if epochs is not None:  # an explicit epoch count replaces the config's step budget
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs, "max_steps": -1})})
@@ -73,15 +62,13 @@ def run(
         # Smoke runs: the default's 400-step budget would loop over a few records for minutes;
         # one epoch over the limited training split is what a smoke run means.
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1.0, "max_steps": -1})})
-    if param:
-        if method == ALL:
-            raise ConfigError("--param sets one method's parameters; for --method all put method_params in a --config")
-        cfg = cfg.model_copy(update={"method_params": {**cfg.method_params, **parse_params(param)}})
-    cfg = RunConfig.model_validate(cfg.model_dump())
-    if param:
-        from ..methods.base import get_method
+    if cli_params:
+        cfg = cfg.model_copy(update={"method_params": {**cfg.method_params, **cli_params}})
+    cfg = checked_config(cfg, given, config)
+    check_method_params(cfg, cli_params, config, sweep_params_of=config_method if method == ALL else None)
 
-        get_method(cfg.method, **cfg.method_params).check(cfg)  # unknown or bad parameters: before any slow work
+    from ..report.table import results_table
+    from ..runner import run_benchmark
 
     err = Console(stderr=True)
     log = (lambda s: None) if as_json else (lambda s: err.print(f"[dim]{s}[/dim]"))
@@ -97,6 +84,71 @@ def run(
     run_dir = Path(out) if out else None
     where = run_dir or Path("runs") / results.run_id
     console.print(f"results: {where / 'results.json'}  ·  total {results.timings.get('total_s', 0):.0f} s  ·  peak memory {results.peak_memory_mb:.0f} MB")
+
+
+#: RunConfig field -> the `run` option (typer parameter name) that sets it
+OPTION_OF = {"scoring_variant": "variant"}
+
+
+def checked_config(cfg, given: set[str], config: Optional[Path]):
+    """``cfg`` validated, with names checked against the known ones; errors name the option or the file."""
+    from pydantic import ValidationError
+
+    from ..config import RunConfig
+    from ..data.suite import suite_names
+    from ..methods.base import method_names
+    from ..score.vqa_accuracy import VARIANTS
+
+    def source(field: str) -> str:
+        """Where the user wrote ``field``: the option (message as is) or the config file (its name first)."""
+        return "" if OPTION_OF.get(field, field) in given or not config else f"{config}: "
+
+    def named(field: str) -> str:
+        """``field`` as the user wrote it: ``--option`` or ``CONFIG: field``."""
+        option = OPTION_OF.get(field, field)
+        return f"--{option.replace('_', '-')}" if option in given or not config else f"{config}: {field}"
+
+    if cfg.method != ALL and cfg.method not in method_names():
+        raise ConfigError(f"{source('method')}unknown method {cfg.method!r}; known: {', '.join(method_names())}, or {ALL}")
+    if cfg.suite not in suite_names():
+        raise ConfigError(f"{source('suite')}unknown suite {cfg.suite!r}; known: {', '.join(suite_names())}")
+    if cfg.scoring_variant not in VARIANTS:
+        raise ConfigError(f"{source('scoring_variant')}unknown scoring variant {cfg.scoring_variant!r}; known: {', '.join(VARIANTS)}")
+    if cfg.adapter not in ("lora", "full"):
+        raise ConfigError(f"{source('adapter')}unknown adapter {cfg.adapter!r}; known: lora, full")
+    if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
+        raise ConfigError(f"{named('data_root')} {cfg.data_root!r} is not a folder")
+    if not cfg.model.strip():
+        raise ConfigError(f"{named('model')}: expected 'tiny', a hub id or a local folder, got {cfg.model!r}")
+    if cfg.model.startswith(("/", "./", "../")) and not Path(cfg.model).is_dir():
+        raise ConfigError(f"{named('model')} {cfg.model!r}: no such folder")
+    try:
+        return RunConfig.model_validate(cfg.model_dump())
+    except ValidationError as exc:  # a safety net: the options' own checks catch their values first
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        where = named("epochs") if loc == "train.epochs" and "epochs" in given else named(loc)
+        raise ConfigError(f"{where}: {err['msg']}, got {err.get('input')!r}") from None
+
+
+def check_method_params(cfg, cli_params: dict[str, object], config: Optional[Path], *, sweep_params_of: Optional[str]) -> None:
+    """The method's parameters, checked by the method itself (types, ranges, the adapter); an
+    error names where the bad value was written (``--param`` or the config file).
+
+    ``sweep_params_of``: under ``--method all``, the method the config's ``method_params`` belong to.
+    """
+    from ..methods.base import get_method
+
+    name = sweep_params_of or cfg.method
+    from_config = {k: v for k, v in cfg.method_params.items() if k not in cli_params}
+    for params, where in ((from_config, f"{config}: method_params"), (cli_params, "--param")):
+        if params:
+            try:
+                get_method(name, **params)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+    if sweep_params_of is None:  # under --method all a method without the adapter is skipped, not an error
+        get_method(cfg.method, **cfg.method_params).check(cfg)
 
 
 def parse_params(items: list[str]) -> dict[str, object]:

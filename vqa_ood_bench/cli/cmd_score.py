@@ -6,7 +6,10 @@
     vqa-ood-bench score --predictions FILE --dataset NAME [--data-root DIR] [--json]
 
 A run folder (or a predictions file a run's results.json names) is re-scored through the
-run's suite and its results.json is rewritten (``--no-write`` to only print). A loose file is
+run's suite and its results.json is rewritten (``--no-write`` to only print; a results.json
+whose numbers come out the same is left untouched, and ``results_file`` is then null). A
+predictions file must hold exactly the split's questions: an empty file, a question the split
+does not have, or one it lacks is an error naming the file. A loose file is
 scored against a suite split or a registered dataset. ``--json`` prints one object: top-level
 ``vqa_accuracy`` (0-100; for a run folder, over all re-scored questions together), ``n``,
 ``variant``, ``per_answer_type``, ``per_question_type``, and for runs ``splits`` and ``averages``.
@@ -144,6 +147,7 @@ def score(
         out["variant"] = rr.results.scoring_variant
         out["averages"] = rr.results.averages.model_dump()
         out["results_file"] = str(rr.results_file) if rr.written else None
+        out["results_changed"] = rr.changed
         if rr.warnings:
             out["warnings"] = rr.warnings
         _emit(out, json_out, rr.scores)
@@ -153,8 +157,11 @@ def score(
     name, records = load_records_for(
         suite=suite, split=split, dataset=dataset, data_root=data_root, limit=limit, predictions_file=predictions
     )
-    preds = load_prediction_map(predictions)
-    sc = score_split(name, records, preds, variant=chosen, **extra)
+    preds = load_prediction_map(predictions, records, split=name, limit=limit)
+    try:
+        sc = score_split(name, records, preds, variant=chosen, **extra)
+    except DataError as exc:
+        raise DataError(f"split {name!r}: {exc}", path=predictions) from None
     out = {"predictions": str(predictions), **({"suite": suite, "split": name} if suite else {"dataset": name}), **sc.to_json()}
     _emit(out, json_out, {name: sc})
 
@@ -164,23 +171,26 @@ def _emit(out: dict[str, Any], json_out: bool, scores: dict) -> None:
         typer.echo(json.dumps(out, ensure_ascii=False))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
+    from ..report.table import NumberTable
+
+    # Split names, answer / question types and paths come from data files: escaped, not markup.
     console = Console()
-    table = Table(title=f"VQA accuracy ({out['variant']} variant)")
-    table.add_column("split")
-    table.add_column("n", justify="right")
-    table.add_column("VQA acc.", justify="right")
+    table = NumberTable(title=escape(f"VQA accuracy ({out['variant']} variant)"))
+    table.add_column("split", overflow="fold")
+    table.add_number_column("n")
+    table.add_number_column("VQA acc.")
     has_cm = any(s.clipmatch_top1 is not None for s in scores.values())
     has_em = any(s.text is not None for s in scores.values())
     if has_cm:
-        table.add_column("ClipMatch@1", justify="right")
-        table.add_column("ClipMatch@5", justify="right")
+        table.add_number_column("ClipMatch@1")
+        table.add_number_column("ClipMatch@5")
     if has_em:
-        table.add_column("exact", justify="right")
-        table.add_column("contains", justify="right")
+        table.add_number_column("exact")
+        table.add_number_column("contains")
     for name, s in scores.items():
-        row = [name, str(s.vqa.n), f"{s.vqa.accuracy:.2f}"]
+        row = [escape(name), str(s.vqa.n), f"{s.vqa.accuracy:.2f}"]
         if has_cm:
             row += [_fmt(s.clipmatch_top1), _fmt(s.clipmatch_top5)]
         if has_em:
@@ -191,19 +201,21 @@ def _emit(out: dict[str, Any], json_out: bool, scores: dict) -> None:
         s = next(iter(scores.values()))
         for title, d in (("answer type", s.vqa.per_answer_type), ("question type", s.vqa.per_question_type)):
             if d:
-                t = Table(title=f"per {title}")
-                t.add_column(title)
-                t.add_column("VQA acc.", justify="right")
+                t = NumberTable(title=f"per {title}")
+                t.add_column(title, overflow="fold")
+                t.add_number_column("VQA acc.")
                 for k, v in sorted(d.items()):
-                    t.add_row(k, f"{v:.2f}")
+                    t.add_row(escape(k), f"{v:.2f}")
                 console.print(t)
     if out.get("averages"):
         avg = out["averages"]
-        console.print("averages: " + ", ".join(f"{k} {_fmt(v)}" for k, v in avg.items()))
+        console.print(escape("averages: " + ", ".join(f"{k} {_fmt(v)}" for k, v in avg.items())))
     if out.get("results_file"):
-        console.print(f"rewrote {out['results_file']}")
+        console.print(escape(f"rewrote {out['results_file']}"))
+    elif out.get("results_changed") is False:
+        console.print("results.json unchanged (same numbers)")
     for w in out.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
 def _fmt(v: Optional[float]) -> str:

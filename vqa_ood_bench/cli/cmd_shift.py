@@ -1,6 +1,6 @@
 """``vqa-ood-bench shift``: Mahalanobis shift of every split relative to the ID training split.
 
-    vqa-ood-bench shift RUN_DIR [--model ENCODER] [--suite S] [--data-root DIR] [--json]
+    vqa-ood-bench shift RUN_DIR [--model ENCODER] [--suite S] [--data-root DIR] [--fit-size N|all] [--json]
     vqa-ood-bench shift MODEL --suite S [--out DIR] [--json]
 
 RUN_DIR is a run folder written by ``vqa-ood-bench run`` (holding results.json): the means go
@@ -10,6 +10,12 @@ feature encoder is, by default, the run's own model, rebuilt from its stored con
 a run folder (the paper measures every run with the vanilla fine-tuned model, so shifts compare
 across methods), ``tiny``, a local PaliGemma folder or a hub id. A run folder is measured on the
 records it was scored on (its ``--limit`` and ``--data-root`` unless given here).
+
+The Gaussian is fitted on ``--fit-size`` training records (default ``auto``: 5,000 on the
+embedded suite, all elsewhere; ``all`` or ``0``: the whole split), chosen by a hash of their
+question ids and ``--fit-seed`` (``shift.json``'s ``fit`` records the size and the rule).
+Features are cached per model weights and records (``--cache-dir``), so a second ``shift`` of
+the same model does not run it again.
 
 MODEL is ``tiny``, a local PaliGemma folder or a hub id; its scores go to ``--out`` (default
 ``runs/shift-MODEL-SUITE``). ``--json`` prints the summary (``splits.NAME.shift.{vision,question,joint}``:
@@ -43,7 +49,13 @@ PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="float64 (default), mixed (float32 products in the fit) or float32 (also in scoring); faster on CPU, see shift/mahalanobis.py.")
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Records per forward pass.", min=1)]
-TrainLimitOpt = Annotated[Optional[int], typer.Option("--train-limit", help="Fit on at most N training records (deterministic subsample).", min=2)]
+FitSizeOpt = Annotated[
+    str,
+    typer.Option("--fit-size", help="Training records the Gaussian is fitted on: a number, 'all' (or 0), or 'auto' (5000 on the embedded suite, all elsewhere). "
+                                    "A deterministic subsample by a hash of the question ids and --fit-seed; recorded in shift.json."),
+]
+FitSeedOpt = Annotated[int, typer.Option("--fit-seed", help="Seed of the --fit-size subsample.")]
+TrainLimitOpt = Annotated[Optional[int], typer.Option("--train-limit", help="Former name of --fit-size.", min=2, hidden=True)]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Model dtype: float32, bfloat16 or float16.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Device for the model and the estimator (default: cuda if available).")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature / statistics cache (default: the package cache's shift/).")]
@@ -77,7 +89,9 @@ def shift(
     shrinkage: ShrinkageOpt = "auto",
     ridge: RidgeOpt = 0.0,
     precision: PrecisionOpt = "float64",
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = 32,
+    fit_size: FitSizeOpt = "auto",
+    fit_seed: FitSeedOpt = 0,
     train_limit: TrainLimitOpt = None,
     limit: LimitOpt = None,
     dtype: DtypeOpt = "float32",
@@ -92,6 +106,7 @@ def shift(
     from ..data.suite import suite_names
     from ..shift.features import FEATURE_KINDS
     from ..shift.mahalanobis import PRECISIONS
+    from ..shift.measure import resolve_fit_size
 
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     unknown = [k for k in kind_list if k not in FEATURE_KINDS]
@@ -101,6 +116,7 @@ def shift(
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    resolve_fit_size(fit_size, "")  # a bad --fit-size fails before any model is loaded
     shrink = _parse_shrinkage(shrinkage) if shrinkage.strip().lower() != "auto" else "auto"
     if data_root is not None and not data_root.is_dir():
         raise ConfigError(f"--data-root {str(data_root)!r} is not a folder")
@@ -166,7 +182,7 @@ def shift(
             bar.start()
         report = measure_shift(
             encoder, processor, suite, data_root=data_root, cache_dir=cache_dir, kinds=kind_list, batch_size=batch_size,
-            train_limit=train_limit, limit=limit, splits=split_list, shrinkage=shrink, ridge=ridge, precision=precision,
+            fit_size=fit_size, fit_seed=fit_seed, train_limit=train_limit, limit=limit, splits=split_list, shrinkage=shrink, ridge=ridge, precision=precision,
             model_name=encoder_name, estimator_device=dev, progress=progress_cb, log=log,
         )
     finally:
@@ -215,7 +231,9 @@ def _print_table(report, results, folder: Path) -> None:
     sizes = {s.n for s in report.splits.values()}
     same_n = len(sizes) == 1
     n_text = f", {sizes.pop()} per split" if same_n else ""
-    table = Table(title=f"Shift vs {report.train_split} ({report.n_train} records{n_text}) · encoder {report.model} · higher = closer to training")
+    of = (report.fit or {}).get("split_size")
+    fitted = f"fitted on {report.n_train} of {of} records, seed {report.fit.get('seed', 0)}" if of and of > report.n_train else f"{report.n_train} records"
+    table = Table(title=f"Shift vs {report.train_split} ({fitted}{n_text}) · encoder {report.model} · higher = closer to training")
     # names and numbers are never cut; only the descriptive "shift type" is shortened on a narrow terminal
     table.add_column("split", no_wrap=True)
     table.add_column("role", no_wrap=True, min_width=4)

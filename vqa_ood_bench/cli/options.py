@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from ..config import MAX_SEED
 from ..errors import ConfigError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")]
@@ -15,7 +17,7 @@ SuiteOpt = Annotated[str, typer.Option("--suite", help="Benchmark suite (see `da
 DataRootOpt = Annotated[
     Optional[Path], typer.Option("--data-root", help="Folder holding the released dataset files (not needed for the embedded suite).")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed for training and sampling.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help=f"Random seed for training and sampling (0 to {MAX_SEED}).", min=0, max=MAX_SEED)]
 ModelOpt = Annotated[
     str,
     typer.Option("--model", help="'tiny' (the embedded pre-trained model) or a PaliGemma hub id / local path."),
@@ -25,6 +27,13 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Run folder to wri
 LimitOpt = Annotated[
     Optional[int], typer.Option("--limit", help="Use at most N records per split (smoke runs).", min=1)
 ]
+
+
+def positive_number(value: Optional[float]) -> Optional[float]:
+    """Option callback: a finite number > 0 (typer's ``min`` is inclusive and lets nan and inf through)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
 
 
 def parse_key_values(items: list[str], option: str, example: str = "key=value") -> dict[str, Any]:

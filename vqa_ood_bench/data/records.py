@@ -7,6 +7,7 @@ Images stay on disk until :meth:`VQARecord.load_image` is called.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -19,6 +20,29 @@ ImageRef = Union[str, Path, Image.Image]
 
 ROLES = ("id", "near", "far")
 SHIFT_TYPES = ("none", "vision", "question", "answer", "multimodal", "adversarial", "far")
+
+
+def open_image(path: str | Path, *, record: object = None) -> Image.Image:
+    """The image at ``path`` as RGB; a missing, unreadable or oversized file raises a DataError
+    naming it (and ``record``, the question asking about it, where given).
+
+    Every image the package opens goes through here. Images over PIL's ``MAX_IMAGE_PIXELS`` are
+    refused, including those PIL would only warn about (up to twice the limit): no VQA image
+    needs ~90 megapixels, decoding one costs hundreds of MB per batch, and a warning would be
+    lost among a run's output while the run swaps.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError("image file not found", path=path, record=record) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"image too large, refused as a possible decompression bomb ({exc})", path=path, record=record) from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: truncated or non-image files, oversized text chunks
+        raise DataError(f"unreadable image ({exc})", path=path, record=record) from None
 
 
 @dataclass(frozen=True)
@@ -61,14 +85,7 @@ class VQARecord:
         """Open the image as RGB; a missing or unreadable file raises a DataError naming it."""
         if isinstance(self.image, Image.Image):
             return self.image.convert("RGB")
-        path = Path(self.image)
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise DataError("image file not found", path=path, record=self.question_id) from None
-        except (OSError, SyntaxError) as exc:  # PIL raises these for truncated or non-image files
-            raise DataError(f"unreadable image ({exc})", path=path, record=self.question_id) from None
+        return open_image(self.image, record=self.question_id)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (image as a path string; in-memory images are not serialisable)."""

@@ -118,6 +118,7 @@ class DiGraPMethod(AnchoredMethod):
     name = "digrap"
     defaults = {"mu": 0.5, "omega": None, "two_sided": None, "log_every": 1, "compile": "auto"}
     optimizer_params = ("mu", "omega", "two_sided")
+    optional_numbers = ("omega", "two_sided")
     description = "directional gradient projection with a learned strength ω per tensor; ω is logged to omega.jsonl"
 
     def __init__(self, **params: Any):

@@ -8,6 +8,8 @@ only where their papers say they differ.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
@@ -42,6 +44,8 @@ class Method:
     trains: ClassVar[bool] = True
     adapters: ClassVar[tuple[str, ...]] = ("lora", "full")
     defaults: ClassVar[dict[str, Any]] = {}
+    #: parameters that take a number or null although their default (None) does not say so
+    optional_numbers: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
     def __init__(self, **params: Any):
@@ -49,7 +53,18 @@ class Method:
         if unknown:
             known = ", ".join(sorted(self.defaults)) or "none"
             raise ConfigError(f"method {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; known: {known}")
-        self.params = {**self.defaults, **params}
+        # Types are checked here, before any model is loaded: a string where a number belongs
+        # would otherwise fail deep inside the optimizer, after minutes of loading.
+        self.params = {**self.defaults, **{k: self._typed(k, v) for k, v in params.items()}}
+
+    def _typed(self, key: str, value: Any) -> Any:
+        """``value`` as the type ``defaults[key]`` has (numbers only; other types pass unchanged)."""
+        default = self.defaults[key]
+        if key in self.optional_numbers:
+            return None if value is None else as_number(self.name, key, value, float)
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            return value
+        return as_number(self.name, key, value, int if isinstance(default, int) else float)
 
     def check(self, config: RunConfig) -> None:
         if config.adapter not in self.adapters:
@@ -78,6 +93,27 @@ class Method:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.params}
+
+
+def as_number(method: str, key: str, value: Any, kind: type) -> int | float:
+    """``value`` as a finite ``kind`` (int or float), or a ConfigError naming the parameter.
+
+    Numbers written as strings are accepted: YAML 1.1 reads ``1e-2`` (no dot) as a string.
+    """
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    what = "an integer" if kind is int else "a number"
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number):
+        raise ConfigError(f"method {method!r}: {key} must be {what}, got {value!r}")
+    if kind is int:
+        if not float(number).is_integer():
+            raise ConfigError(f"method {method!r}: {key} must be {what}, got {value!r}")
+        return int(number)
+    return float(number)
 
 
 METHODS: Registry[type[Method]] = Registry("method")

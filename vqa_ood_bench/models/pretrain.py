@@ -1,5 +1,9 @@
 """Pre-training the tiny foundation model on the broad mixture, cached by content hash.
 
+Runs use the shipped artifact (:mod:`.tiny_artifact`) that this code made; pre-training runs
+when asked for: ``vqa-ood-bench model rebuild-tiny``, a non-default recipe or architecture, or
+``VQA_OOD_BENCH_PRETRAIN_STEPS`` (the tests' few-step models).
+
 The cache key hashes everything that determines the weights: the architecture, the
 pre-training recipe, the mixture's version, and the library versions that shape the numerics.
 A second call with the same key loads the saved model; a different key trains afresh.
@@ -34,6 +38,7 @@ class PretrainRecipe:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.03
     seed: int = 0
+    cpu_threads: int = 2  # the float sums depend on it (see numerics.py); the artifact was made with 2
 
 
 def cache_key(spec: TinySpec, recipe: PretrainRecipe) -> str:
@@ -73,7 +78,9 @@ def pretrain_tiny(folder: Path, spec: TinySpec, recipe: PretrainRecipe, *, show_
         max_steps=recipe.steps,
         warmup_ratio=recipe.warmup_ratio,
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    from ..numerics import fixed_cpu_numerics
+
+    with tempfile.TemporaryDirectory() as tmp, fixed_cpu_numerics(recipe.cpu_threads):
         result = fit(model, processor, ExampleDataset(example, n), cfg, output_dir=tmp, seed=recipe.seed,
                      description="pre-training tiny PaliGemma", show_progress=show_progress)
     model.save_pretrained(folder)
@@ -84,20 +91,32 @@ def pretrain_tiny(folder: Path, spec: TinySpec, recipe: PretrainRecipe, *, show_
     return info
 
 
-def default_recipe() -> PretrainRecipe:
-    """The recipe, with ``VQA_OOD_BENCH_PRETRAIN_STEPS`` overriding the step count.
+PRETRAIN_STEPS_ENV = "VQA_OOD_BENCH_PRETRAIN_STEPS"
 
-    Tests and smoke runs shorten pre-training this way; the step count is part of the cache
-    key, so a short test model never stands in for the real one.
-    """
-    steps = os.environ.get("VQA_OOD_BENCH_PRETRAIN_STEPS")
-    return PretrainRecipe(steps=int(steps)) if steps else PretrainRecipe()
+
+def steps_override() -> int | None:
+    """``VQA_OOD_BENCH_PRETRAIN_STEPS``: tests and smoke runs pre-train a few-step model instead of
+    loading the shipped one; the step count is part of the cache key, so a short test model
+    never stands in for the real one."""
+    steps = os.environ.get(PRETRAIN_STEPS_ENV)
+    return int(steps) if steps else None
+
+
+def default_recipe() -> PretrainRecipe:
+    """The recipe the shipped artifact was made with, with the environment's step count if set."""
+    steps = steps_override()
+    return PretrainRecipe(steps=steps) if steps else PretrainRecipe()
 
 
 def load_tiny(spec: TinySpec = TinySpec(), recipe: PretrainRecipe | None = None, *, show_progress: bool = True):
-    """The pre-trained tiny model and processor, training them first if not cached."""
+    """The tiny foundation model and processor: the shipped artifact by default; pre-trained here
+    (and cached) for another recipe or architecture, or under ``VQA_OOD_BENCH_PRETRAIN_STEPS``."""
     from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
+    if recipe is None and spec == TinySpec() and steps_override() is None:
+        from .tiny_artifact import load_shipped
+
+        return load_shipped()
     recipe = recipe or default_recipe()
     folder = pretrained_dir(spec, recipe)
     if not (folder / "pretrain.json").is_file():
@@ -112,7 +131,9 @@ def load_tiny(spec: TinySpec = TinySpec(), recipe: PretrainRecipe | None = None,
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    processor = PaliGemmaProcessor.from_pretrained(folder)
+    from .tiny_artifact import IMAGE_BACKEND
+
+    processor = PaliGemmaProcessor.from_pretrained(folder, backend=IMAGE_BACKEND)
     model = PaliGemmaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
     info = json.loads((folder / "pretrain.json").read_text())
     return model, processor, info

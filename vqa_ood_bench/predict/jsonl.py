@@ -3,6 +3,11 @@
 Writing appends one line per question and flushes after every batch, so a killed run loses at
 most the batch in flight; :func:`read_predictions` tolerates a torn last line (the kill case)
 and refuses duplicates, so resuming never counts a question twice.
+
+A last line without a final newline is torn only when it is not a whole JSON value: a line is
+written as ``json.dumps(row) + "\n"`` in one go, and no proper prefix of a JSON object parses,
+so a last line that parses was written completely (the newline may simply be missing, e.g. a
+file made or edited by hand). It counts like any other line, for scoring and for resuming.
 """
 
 from __future__ import annotations
@@ -16,29 +21,32 @@ from ..errors import DataError
 
 
 def read_predictions(path: str | Path, *, allow_torn_tail: bool = True) -> dict[str, dict[str, Any]]:
-    """question_id → the line's object. Errors name the file and line number."""
+    """question_id → the line's object. Errors name the file and line number.
+
+    ``allow_torn_tail``: a last line that does not parse is dropped (a kill cut it; resume
+    redoes that question) instead of being an error. Scoring passes False: a file still being
+    written, or cut short, must not be scored as if it were whole.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError("predictions file not found", path=path)
     out: dict[str, dict[str, Any]] = {}
     with open(path, "rb") as fh:
         lines = fh.read().split(b"\n")
-    # A file that does not end in "\n" was cut mid-write; its last fragment is dropped (resume redoes it).
-    last_complete = len(lines) - 1
+    # After the split, the last element is what follows the final "\n": empty for a terminated file.
+    last = len(lines)
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        torn = lineno - 1 == last_complete
         try:
             obj = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            if torn and allow_torn_tail:
-                break
+            if lineno == last:
+                if allow_torn_tail:
+                    break
+                raise DataError(f"line {lineno}: the file ends in the middle of a line (malformed JSON: {exc}); "
+                                "was the run that wrote it stopped?", path=path) from None
             raise DataError(f"line {lineno}: malformed JSON ({exc})", path=path) from None
-        if torn and not allow_torn_tail:
-            raise DataError(f"line {lineno}: last line is not terminated", path=path)
-        if torn:
-            break  # well-formed but unterminated: still treat as torn, resume rewrites it
         if not isinstance(obj, dict) or "question_id" not in obj or "prediction" not in obj:
             raise DataError(f"line {lineno}: expected an object with question_id and prediction", path=path)
         qid = str(obj["question_id"])
@@ -68,10 +76,24 @@ class PredictionWriter:
 
     def _truncate_torn_tail(self) -> None:
         data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as fh:
+        if not data or data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:])
+            whole = True
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            whole = False
+        with open(self.path, "r+b") as fh:
+            if whole:
+                # read_predictions counted this line as done: keep it, and end it so the next row
+                # starts on a line of its own.
+                fh.seek(0, os.SEEK_END)
+                fh.write(b"\n")
+            else:
                 fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:

@@ -278,6 +278,14 @@ def split_columns(entries: Sequence[LeaderboardEntry]) -> list[str]:
 # ---------------------------------------------------------------- from a run
 
 
+def _backbone_name(results: RunResults, tiny_pretrain_steps: Optional[int]) -> str:
+    if results.model.name_or_path != "tiny":
+        return results.model.name_or_path
+    if tiny_pretrain_steps:
+        return f"tiny PaliGemma ({tiny_pretrain_steps}-step pre-training)"
+    return f"tiny PaliGemma ({results.model.content_hash}, shipped)"
+
+
 def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float = 1.0, backbone: Optional[str] = None,
                        model_key: Optional[str] = None, tiny_pretrain_steps: Optional[int] = None) -> LeaderboardEntry:
     """A submitted (not yet re-measured) entry from a run's results, carrying its full config."""
@@ -299,8 +307,7 @@ def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float =
         entry_id=entry_id,
         method=results.method,
         method_params={k: v for k, v in results.method_params.items() if k not in ("fit", "adapter")},
-        backbone=backbone or (f"tiny PaliGemma ({tiny_pretrain_steps}-step pre-training)" if results.model.name_or_path == "tiny"
-                              and tiny_pretrain_steps else results.model.name_or_path),
+        backbone=backbone or _backbone_name(results, tiny_pretrain_steps),
         adapter=adapter,
         task="vqa",
         suite=results.suite,

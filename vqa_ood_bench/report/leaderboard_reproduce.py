@@ -21,30 +21,35 @@ from .leaderboard import LeaderboardEntry, Reproduction
 from .schema import RunResults
 
 Log = Callable[[str], None]
-PRETRAIN_ENV = "VQA_OOD_BENCH_PRETRAIN_STEPS"
+PRETRAIN_ENV = "VQA_OOD_BENCH_PRETRAIN_STEPS"  # models.pretrain.PRETRAIN_STEPS_ENV, without importing torch here
 
 
 def tiny_model_key(steps: Optional[int] = None) -> str:
-    """The cache key of the tiny model pre-trained for ``steps`` (default: as this process would)."""
+    """The key of the tiny model a run with ``steps`` of pre-training loads (default: as this
+    process would): the shipped artifact's key, or the cache key of a model pre-trained here."""
     from ..models.paligemma import TinySpec
-    from ..models.pretrain import PretrainRecipe, cache_key, default_recipe
+    from ..models.pretrain import PretrainRecipe, cache_key, steps_override
+    from ..models.tiny_artifact import artifact_key
 
-    recipe = PretrainRecipe(steps=steps) if steps else default_recipe()
-    return cache_key(TinySpec(), recipe)
+    steps = steps or steps_override()
+    return cache_key(TinySpec(), PretrainRecipe(steps=steps)) if steps else artifact_key()
 
 
 def tiny_pretraining_of(results: RunResults) -> tuple[Optional[str], Optional[int]]:
-    """(cache key, steps) of the tiny model a run used, from the cached ``pretrain.json`` it names.
+    """(model key, pre-training steps) of the tiny model a run used; steps is ``None`` for the
+    shipped artifact.
 
-    A run records ``model.content_hash``; the matching cache folder's ``pretrain.json`` holds the
-    recipe. If the cache no longer has it, the current recipe is assumed only when its key is
-    the one recorded.
+    A run records ``model.content_hash``: the shipped artifact's key, or the cache key of a model
+    pre-trained here, whose cached ``pretrain.json`` holds the recipe.
     """
     if results.model.name_or_path != "tiny":
         return None, None
     from ..cache import cache_dir
+    from ..models.tiny_artifact import artifact_key
 
     recorded = results.model.content_hash
+    if recorded == artifact_key():
+        return recorded, None
     models = cache_dir() / "models"
     for info_path in sorted(models.glob("*/pretrain.json")) if models.is_dir() else []:
         try:
@@ -54,10 +59,6 @@ def tiny_pretraining_of(results: RunResults) -> tuple[Optional[str], Optional[in
         if recorded in (saved.get("key"), info_path.parent.name):
             steps = int(saved.get("recipe", {}).get("steps") or saved.get("steps"))
             return tiny_model_key(steps), steps
-    if recorded == tiny_model_key():
-        from ..models.pretrain import default_recipe
-
-        return recorded, default_recipe().steps
     return None, None
 
 
@@ -90,12 +91,13 @@ def missing_requirements(entry: LeaderboardEntry, *, data_root: Optional[str] = 
 
 @contextlib.contextmanager
 def _pretrain_steps(steps: Optional[int]) -> Iterator[None]:
-    """Use the entry's tiny pre-training for the re-run (the step count is part of the model's key)."""
-    if steps is None:
-        yield
-        return
+    """Use the entry's tiny model for the re-run: the shipped artifact (``steps`` None) or a model
+    pre-trained for ``steps`` (the step count is part of that model's key)."""
     before = os.environ.get(PRETRAIN_ENV)
-    os.environ[PRETRAIN_ENV] = str(steps)
+    if steps is None:
+        os.environ.pop(PRETRAIN_ENV, None)
+    else:
+        os.environ[PRETRAIN_ENV] = str(steps)
     try:
         yield
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -87,6 +87,8 @@ class RunResults(_Strict):
     averages: Averages
     timings: dict[str, float] = Field(default_factory=dict)
     peak_memory_mb: Optional[float] = None
+    # What the numbers depend on beyond the config: torch build, CPU threads and instruction set.
+    environment: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -96,6 +98,22 @@ class RunResults(_Strict):
         if not self.splits:
             raise ValueError("a results file needs at least one split")
         return self
+
+
+# Places a stored accuracy keeps. Whoever writes numbers into a results file (the runner, the
+# re-scorer) rounds them with round_score, so the same predictions always give the same bytes
+# (100 * mean(...) can land on 55.400000000000006 or 55.4 depending on the summation path).
+SCORE_DECIMALS = 4
+
+
+def round_score(value: Optional[float]) -> Optional[float]:
+    """A percentage as results files store it: ``round(value, SCORE_DECIMALS)``; None stays None."""
+    return None if value is None else round(float(value), SCORE_DECIMALS)
+
+
+def round_scores(values: Mapping[str, float]) -> dict[str, float]:
+    """:func:`round_score` of every value (per answer / question type breakdowns)."""
+    return {str(k): round(float(v), SCORE_DECIMALS) for k, v in values.items()}
 
 
 def compute_averages(splits: dict[str, SplitResult], metric: str = "vqa_accuracy") -> Averages:

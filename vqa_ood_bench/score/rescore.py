@@ -5,10 +5,15 @@ predictions files relative to the folder. :func:`rescore_run` reloads each split
 through the run's suite (with the run's ``data_root`` and ``limit`` from its recorded config
 unless overridden), scores the predictions again (any variant), updates the split's
 ``n`` / ``vqa_accuracy`` / per-type numbers (and ClipMatch / exact match when asked), the
-``scoring_variant`` and the averages, and rewrites ``results.json`` atomically.
+``scoring_variant`` and the averages, and rewrites ``results.json`` atomically — unless the
+numbers come out as they are in the file, which is then left byte for byte as it was. Scores
+are rounded as the runner rounds them (:func:`~vqa_ood_bench.report.schema.round_score`), so
+re-scoring a run's own predictions reproduces its numbers exactly.
 
 Every record of a split needs a prediction: a missing one is an error naming the question
-(a partly predicted split is never scored as if it were complete).
+(a partly predicted split is never scored as if it were complete). A prediction for a question
+the split does not have is an error too (predictions made for another split, or with another
+``limit``), and so is an empty predictions file.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ..data.records import VQARecord
 from ..errors import ConfigError, DataError
 from ..io import safe_join
 from ..predict.jsonl import read_predictions
-from ..report.schema import RunResults, SplitResult, compute_averages, read_results, write_results
+from ..report.schema import RunResults, SplitResult, compute_averages, read_results, round_score, round_scores, write_results
 from .text import TextMatch, contains_match, exact_match
 from .vqa_accuracy import DEFAULT_VARIANT, VQAAccuracy, check_variant, group_means, score_records
 
@@ -50,39 +55,63 @@ class SplitScore:
     text: Optional[TextMatch] = None
 
     def to_json(self) -> dict[str, Any]:
+        """The split's numbers as results.json holds them (rounded alike), plus ``contains``."""
+        out: dict[str, Any] = {"n": self.vqa.n, "variant": self.vqa.variant, **self._numbers()}
+        if self.text is not None:
+            out["contains"] = round_score(self.text.contains)
+        return out
+
+    def _numbers(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "n": self.vqa.n,
-            "variant": self.vqa.variant,
-            "vqa_accuracy": self.vqa.accuracy,
-            "per_answer_type": dict(self.vqa.per_answer_type),
-            "per_question_type": dict(self.vqa.per_question_type),
+            "vqa_accuracy": round_score(self.vqa.accuracy),
+            "per_answer_type": round_scores(self.vqa.per_answer_type),
+            "per_question_type": round_scores(self.vqa.per_question_type),
         }
         if self.clipmatch_top1 is not None:
-            out["clipmatch_top1"] = self.clipmatch_top1
-            out["clipmatch_top5"] = self.clipmatch_top5
+            out["clipmatch_top1"] = round_score(self.clipmatch_top1)
+            out["clipmatch_top5"] = round_score(self.clipmatch_top5)
         if self.text is not None:
-            out["exact_match"] = self.text.exact_match
-            out["contains"] = self.text.contains
+            out["exact_match"] = round_score(self.text.exact_match)
         return out
 
     def apply_to(self, split: SplitResult) -> SplitResult:
-        update: dict[str, Any] = {
-            "n": self.vqa.n,
-            "vqa_accuracy": self.vqa.accuracy,
-            "per_answer_type": dict(self.vqa.per_answer_type),
-            "per_question_type": dict(self.vqa.per_question_type),
-        }
-        if self.clipmatch_top1 is not None:
-            update["clipmatch_top1"] = self.clipmatch_top1
-            update["clipmatch_top5"] = self.clipmatch_top5
-        if self.text is not None:
-            update["exact_match"] = self.text.exact_match
-        return SplitResult.model_validate({**split.model_dump(), **update})
+        return SplitResult.model_validate({**split.model_dump(), "n": self.vqa.n, **self._numbers()})
 
 
-def load_prediction_map(path: str | Path) -> dict[str, str]:
-    """question_id -> prediction string from a predictions JSONL file."""
-    return {qid: obj["prediction"] for qid, obj in read_predictions(path).items()}
+def load_prediction_map(
+    path: str | Path, records: Optional[Sequence[VQARecord]] = None, *, split: Optional[str] = None, limit: Optional[int] = None
+) -> dict[str, str]:
+    """question_id -> prediction string from a predictions JSONL file, for scoring.
+
+    Refused, naming the file: an empty file, a last line cut off mid-write (scoring such a file
+    would blame a missing prediction rather than the cut), and, when ``records`` are given, any
+    question id that is not one of theirs. ``split`` / ``limit`` only word that last error.
+    """
+    preds = {qid: obj["prediction"] for qid, obj in read_predictions(path, allow_torn_tail=False).items()}
+    if not preds:
+        raise DataError("predictions file is empty (no prediction lines)", path=path)
+    if records is not None:
+        check_known_ids(preds, records, path=path, split=split, limit=limit)
+    return preds
+
+
+def check_known_ids(
+    predictions: Mapping[str, Any], records: Sequence[VQARecord], *, path: str | Path, split: Optional[str] = None,
+    limit: Optional[int] = None,
+) -> None:
+    """Every predicted question must be one of ``records``'.
+
+    A stray id means the file was made for other questions (another split, dataset or
+    ``limit``); scoring just the overlap would give a number for a set nobody asked about.
+    """
+    known = {r.question_id for r in records}
+    unknown = [qid for qid in predictions if qid not in known]
+    if not unknown:
+        return
+    shown = ", ".join(repr(q) for q in unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    where = f"split {split!r}" if split else "the records being scored"
+    hint = f" (scored with limit {limit}: pass the limit the predictions were made with)" if limit is not None else ""
+    raise DataError(f"{len(unknown)} predicted question id(s) not in {where}: {shown}{hint}", path=path, record=unknown[0])
 
 
 def class_target(record: VQARecord) -> str:
@@ -172,6 +201,7 @@ class RunRescore:
     results_file: Path
     written: bool
     warnings: list[str] = field(default_factory=list)
+    changed: bool = True  # False: the numbers equal the file's, which was left as it was
 
 
 def rescore_run(
@@ -188,6 +218,7 @@ def rescore_run(
 ) -> RunRescore:
     """Re-score a run folder's predictions and (by default) rewrite its results.json.
 
+    results.json is not touched when the re-scored numbers (and variant) equal its own.
     ``variant`` defaults to the run's own. ``splits`` limits the work to those splits, unless
     the variant changes: then every split with predictions is re-scored so the file stays
     under one variant. A split that has numbers but no predictions file cannot follow a
@@ -233,8 +264,8 @@ def rescore_run(
             new_splits[name] = split
             continue
         pred_path = safe_join(run_dir, split.predictions_file, record=name)
-        predictions = load_prediction_map(pred_path)
         records = suite.load(suite.split(name), data_root, limit=limit)
+        predictions = load_prediction_map(pred_path, records, split=name, limit=limit)
         try:
             sc = score_split(
                 name, records, predictions, variant=variant, clipmatch=clipmatch, class_names=class_names, text_metrics=text_metrics
@@ -246,6 +277,16 @@ def rescore_run(
 
     if "scoring_variant" in config:
         config["scoring_variant"] = variant
+    averages = compute_averages(new_splits)
+    changed = (
+        variant != results.scoring_variant
+        or config != results.config
+        or averages.model_dump() != results.averages.model_dump()
+        or {k: v.model_dump() for k, v in new_splits.items()} != {k: v.model_dump() for k, v in results.splits.items()}
+    )
+    if not changed:
+        # A note and a timing alone would make the file differ from one run to the next.
+        return RunRescore(results=results, scores=scores, results_file=results_file, written=False, warnings=warnings, changed=False)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     notes = list(results.notes)
     if scores:
@@ -255,7 +296,7 @@ def rescore_run(
         {
             **results.model_dump(),
             "splits": {k: v.model_dump() for k, v in new_splits.items()},
-            "averages": compute_averages(new_splits).model_dump(),
+            "averages": averages.model_dump(),
             "scoring_variant": variant,
             "config": config,
             "notes": notes,

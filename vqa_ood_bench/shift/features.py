@@ -10,26 +10,35 @@ model head sees), mean-pooled:
 * ``joint``: both modalities visible; the mean of the image-token mean and the question-token
   mean (each modality weighs the same whatever its token count).
 
-Masking mechanism: the masked modality's positions get ``attention_mask = 0``, so no query
-attends to them in any layer (they are removed as keys; their own outputs are never pooled).
-Everything else is unchanged: the same input layout, positions and weights. The prompt is
-PaliGemma's prefix (``token_type_ids = 0``, attended bidirectionally, as in generation); when the
-encoding has no ``token_type_ids`` they are set to zeros so the semantics do not depend on
-the attention backend. Because Gemma's rotary positions are relative, this equals running the
-model on the kept modality alone (``tests/test_features.py`` checks that against separate
-single-modality forward passes). The vision tower runs once per batch (its output is shared by
-the vision and joint passes) and not at all for the question pass, whose image positions are
-masked anyway.
+Masking semantics: the masked modality is invisible to every query in every layer; everything
+else is unchanged (the same weights, the prompt as PaliGemma's prefix, ``token_type_ids = 0``,
+attended bidirectionally as in generation). Because Gemma's rotary positions are relative, this
+equals running the model on the kept modality alone (``tests/test_features.py`` checks that
+against separate single-modality forward passes), and that is how it is computed:
+
+* one vision-tower pass per batch, on the batch's distinct images only;
+* the ``vision`` pass runs the decoder on the image tokens alone, once per distinct image
+  (identical pixel values) of the split;
+* the ``question`` pass runs the decoder on the attended text tokens alone, once per distinct
+  token sequence of the split (the embedded training split has 107 distinct questions);
+* the ``joint`` pass runs the whole prompt of every record, reusing the batch's image encodings.
+
+All kinds come from one extraction (one sweep over the records, one encoding per batch).
+Records are processed grouped by image file so that a batch shares images; the features are
+returned in the records' order. :func:`pooled_features_masked` is the former formulation (three
+full-length passes with attention masks), kept as the reference the tests compare against and as
+the fallback for a model without a separable vision tower.
 
 "Question tokens" are the attended text positions that are not image tokens and not the
 tokenizer's BOS / EOS / PAD (BOS is an attention sink whose state barely depends on the input);
 the ``answer en`` task prefix and the trailing newline are included.
 
 Features are float32 numpy arrays ``(n, hidden_size)``. :func:`extract_features` streams them
-batch by batch into a disk cache keyed by the model's weights, the records and the settings,
-as memory-mapped ``.npy`` files: a large training split never has to fit in memory, an
-interrupted extraction resumes, and a second call with the same model and split reads the
-cache instead of running the model.
+batch by batch into a disk cache keyed by the model's weights, the records and the settings, as
+``.npy`` files (never pickles): a large split never has to fit in memory, an interrupted
+extraction resumes, and a second call with the same model and records reads the cache instead of
+running the model. A finished cache entry records the size and sha256 of every file; a file that
+does not match (truncated, edited, half-copied) is reported and the features are recomputed.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -47,22 +58,26 @@ import torch
 
 from ..data.records import VQARecord
 from ..errors import ConfigError, DataError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, digest_problem, file_digest, read_json
 
 FEATURE_KINDS = ("vision", "question", "joint")
-FEATURES_VERSION = "1"  # bump when the extraction changes what a cached feature means
+FEATURES_VERSION = "2"  # bump when the extraction changes what a cached feature means (2: verified files)
 DEFAULT_PROMPT = "answer en {question}"
+MEMO_MAX_BYTES = 256 << 20  # per extraction: pooled vision / question features of distinct inputs
 
 Encoder = Callable[[Sequence[VQARecord]], Mapping[str, torch.Tensor]]
 
 __all__ = [
     "DEFAULT_PROMPT",
     "FEATURE_KINDS",
+    "FeatureMemo",
     "FeatureSet",
     "extract_features",
+    "inference_model",
     "iter_feature_batches",
     "model_fingerprint",
     "pooled_features",
+    "pooled_features_masked",
     "processor_encoder",
     "records_fingerprint",
 ]
@@ -70,12 +85,24 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- encoding
 def processor_encoder(processor, prompt: str = DEFAULT_PROMPT) -> Encoder:
-    """Records → model inputs through a PaliGemma processor (images loaded from disk here)."""
+    """Records → model inputs through a PaliGemma processor (images loaded from disk here).
+
+    An image file shared by several records of a batch is decoded once.
+    """
 
     image_token = getattr(processor, "image_token", "<image>")
 
     def encode(records: Sequence[VQARecord]) -> Mapping[str, torch.Tensor]:
-        images = [r.load_image() for r in records]
+        decoded: dict[str, Any] = {}
+        images = []
+        for r in records:
+            if isinstance(r.image, (str, Path)):
+                key = str(r.image)
+                if key not in decoded:
+                    decoded[key] = r.load_image()
+                images.append(decoded[key])
+            else:
+                images.append(r.load_image())
         texts = [image_token + prompt.format(question=r.question) for r in records]
         enc = processor(text=texts, images=images, return_tensors="pt", padding="longest")
         return {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "token_type_ids") if k in enc}
@@ -101,6 +128,30 @@ def special_token_ids(model, processor=None) -> set[int]:
     return ids
 
 
+def inference_model(model):
+    """``model`` for feature extraction: a LoRA-wrapped (peft) model up to 1 GiB is replaced by a
+    merged copy (``W + B A`` in one matrix: the same function up to float rounding, ~1e-7
+    relative, without the adapters' extra products); anything else is returned as it is. The
+    caller's model is never modified. Fingerprint the original, not this copy."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return model
+    if not isinstance(model, PeftModel):
+        return model
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if size > (1 << 30):
+        return model
+    import copy
+
+    try:
+        merged = copy.deepcopy(model).merge_and_unload()
+    except Exception:  # an adapter type peft cannot merge: use the wrapped model as it is
+        return model
+    merged.eval()
+    return merged
+
+
 # ----------------------------------------------------------------------------- forward
 def _backbone(model):
     """The PaliGemmaModel inside ``model`` (also through peft wrappers), or None."""
@@ -122,19 +173,45 @@ def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (h.float() * m).sum(1) / m.sum(1)
 
 
-@torch.no_grad()
-def pooled_features(
-    model,
-    inputs: Mapping[str, torch.Tensor],
-    *,
-    image_token_id: Optional[int] = None,
-    special_ids: Iterable[int] = (),
-    kinds: Sequence[str] = FEATURE_KINDS,
-) -> dict[str, torch.Tensor]:
-    """One batch: ``{kind: (batch, hidden) float32}`` from encoded inputs (see the module doc)."""
-    bad = [k for k in kinds if k not in FEATURE_KINDS]
-    if bad:
-        raise ConfigError(f"unknown feature kind(s) {bad}; known: {', '.join(FEATURE_KINDS)}")
+class FeatureMemo:
+    """Pooled features of inputs already seen in one extraction (same model, same settings):
+    ``vision`` by the image's pixel values, ``question`` by the attended text tokens. Holds at
+    most ``max_bytes`` of features; beyond that, new inputs are simply computed again."""
+
+    def __init__(self, max_bytes: int = MEMO_MAX_BYTES):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.store: dict[str, dict[Any, torch.Tensor]] = {"vision": {}, "question": {}}
+        self.hits = {"vision": 0, "question": 0}
+        self.computed = {"vision": 0, "question": 0}
+
+    def has(self, kind: str, key) -> bool:
+        return key in self.store[kind]
+
+    def get(self, kind: str, key) -> Optional[torch.Tensor]:
+        v = self.store[kind].get(key)
+        if v is not None:
+            self.hits[kind] += 1
+        return v
+
+    def put(self, kind: str, key, value: torch.Tensor) -> None:
+        self.computed[kind] += 1
+        size = value.numel() * value.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.store[kind][key] = value
+            self.bytes += size
+
+
+def _pixel_keys(pixel_values: torch.Tensor) -> list[bytes]:
+    """One digest per image (row of ``pixel_values``): equal digests = identical pixel values."""
+    pv = pixel_values.detach()
+    if pv.device.type != "cpu":
+        pv = pv.cpu()
+    rows = pv.reshape(pv.shape[0], -1).contiguous().view(torch.uint8).numpy()
+    return [hashlib.blake2b(row.tobytes(), digest_size=20).digest() for row in rows]
+
+
+def _prepare(model, inputs, image_token_id, special_ids):
     if image_token_id is None:
         image_token_id = int(model.config.image_token_id)
     param = next(model.parameters())
@@ -144,11 +221,8 @@ def pooled_features(
     attn = torch.ones_like(ids) if attn is None else attn.to(device)
     tti = inputs.get("token_type_ids")
     tti = torch.zeros_like(ids) if tti is None else tti.to(device)
-    pixel_values = inputs.get("pixel_values")
-    if pixel_values is None:
+    if inputs.get("pixel_values") is None:
         raise DataError("inputs have no pixel_values: shift features need the image")
-    pixel_values = pixel_values.to(device, dtype)
-
     valid = attn.bool()
     is_image = valid & (ids == image_token_id)
     is_text = valid & (ids != image_token_id)
@@ -158,7 +232,36 @@ def pooled_features(
         raise DataError(f"a sequence has no image tokens (id {image_token_id}): is this a PaliGemma encoding?")
     if not bool(is_question.any(1).all()):
         raise DataError("a sequence has no question tokens")
+    return image_token_id, device, dtype, ids, attn, tti, is_image, is_text, is_question
 
+
+def _check_kinds(kinds: Sequence[str]) -> None:
+    bad = [k for k in kinds if k not in FEATURE_KINDS]
+    if bad:
+        raise ConfigError(f"unknown feature kind(s) {bad}; known: {', '.join(FEATURE_KINDS)}")
+
+
+def _check_finite(out: Mapping[str, torch.Tensor], dtype) -> None:
+    for k, v in out.items():
+        if not torch.isfinite(v).all():
+            raise DataError(f"non-finite {k} features (model dtype {dtype}); try --dtype float32")
+
+
+@torch.inference_mode()
+def pooled_features_masked(
+    model,
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    image_token_id: Optional[int] = None,
+    special_ids: Iterable[int] = (),
+    kinds: Sequence[str] = FEATURE_KINDS,
+) -> dict[str, torch.Tensor]:
+    """The reference formulation: one full-length pass per kind, the masked modality's positions
+    given ``attention_mask = 0`` (removed as keys in every layer, never pooled). Used as the
+    fallback of :func:`pooled_features` and by the tests."""
+    _check_kinds(kinds)
+    image_token_id, device, dtype, ids, attn, tti, is_image, is_text, is_question = _prepare(model, inputs, image_token_id, special_ids)
+    pixel_values = inputs["pixel_values"].to(device, dtype)
     backbone = _backbone(model)
     if backbone is not None and "mm_encoder_outputs" in inspect.signature(backbone.forward).parameters:
         image_outputs = backbone.get_image_features(pixel_values)  # the vision tower runs once per batch
@@ -181,9 +284,119 @@ def pooled_features(
     if "joint" in kinds:
         h = _final_states(model, backbone, input_ids=ids, attention_mask=attn, token_type_ids=tti, **image_inputs())
         out["joint"] = 0.5 * (_masked_mean(h, is_image) + _masked_mean(h, is_question))
-    for k, v in out.items():
-        if not torch.isfinite(v).all():
-            raise DataError(f"non-finite {k} features (model dtype {dtype}); try --dtype float32")
+    out = {k: v.float().cpu() for k, v in out.items()}
+    _check_finite(out, dtype)
+    return out
+
+
+def _select_outputs(image_outputs, index: Optional[torch.Tensor]):
+    """The vision tower's output for the rows ``index`` (all rows when None), as the decoder takes it."""
+    if index is None:
+        return image_outputs
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return BaseModelOutputWithPooling(pooler_output=image_outputs.pooler_output[index])
+
+
+@torch.inference_mode()
+def pooled_features(
+    model,
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    image_token_id: Optional[int] = None,
+    special_ids: Iterable[int] = (),
+    kinds: Sequence[str] = FEATURE_KINDS,
+    memo: Optional[FeatureMemo] = None,
+) -> dict[str, torch.Tensor]:
+    """One batch: ``{kind: (batch, hidden) float32 CPU tensor}`` from encoded inputs (see the module doc).
+
+    Every kind from one call: the vision tower runs once on the batch's distinct images, the
+    ``vision`` and ``question`` passes run on the kept modality's tokens alone (once per distinct
+    image / question; ``memo`` carries them across the batches of one extraction), the ``joint``
+    pass on the whole prompts. Equal to :func:`pooled_features_masked` up to float rounding.
+    """
+    _check_kinds(kinds)
+    special_ids = set(special_ids)
+    image_token_id, device, dtype, ids, attn, tti, is_image, is_text, is_question = _prepare(model, inputs, image_token_id, special_ids)
+    backbone = _backbone(model)
+    n_image = is_image.sum(1)
+    if (
+        backbone is None
+        or "mm_encoder_outputs" not in inspect.signature(backbone.forward).parameters
+        or not bool((n_image == n_image[0]).all())
+    ):
+        return pooled_features_masked(model, inputs, image_token_id=image_token_id, special_ids=special_ids, kinds=kinds)
+    memo = memo if memo is not None else FeatureMemo()
+    batch = ids.shape[0]
+    out: dict[str, torch.Tensor] = {}
+
+    if "question" in kinds:
+        # the attended text tokens alone (BOS, prompt, newline), left-padded; pooled on the question tokens
+        seqs = [ids[i][is_text[i]] for i in range(batch)]
+        pools = [is_question[i][is_text[i]] for i in range(batch)]
+        keys = [tuple(s.tolist()) for s in seqs]
+        first: dict[tuple, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        todo = [k for k in first if not memo.has("question", k)]
+        fresh: dict[tuple, torch.Tensor] = {}
+        if todo:
+            width = max(len(k) for k in todo)
+            q_ids = torch.zeros((len(todo), width), dtype=ids.dtype, device=device)
+            q_attn = torch.zeros_like(q_ids)
+            q_pool = torch.zeros((len(todo), width), dtype=torch.bool, device=device)
+            for r, k in enumerate(todo):
+                i, n = first[k], len(k)
+                q_ids[r, width - n:] = seqs[i]
+                q_attn[r, width - n:] = 1
+                q_pool[r, width - n:] = pools[i]
+            h = _final_states(model, backbone, input_ids=q_ids, attention_mask=q_attn, token_type_ids=torch.zeros_like(q_ids))
+            pooled = _masked_mean(h, q_pool).cpu()
+            for r, k in enumerate(todo):
+                fresh[k] = pooled[r].clone()
+                memo.put("question", k, fresh[k])
+        found = {k: fresh[k] if k in fresh else memo.get("question", k) for k in first}
+        out["question"] = torch.stack([found[k] for k in keys])
+
+    if "vision" in kinds or "joint" in kinds:
+        pkeys = _pixel_keys(inputs["pixel_values"])
+        first_row: dict[bytes, int] = {}
+        for i, k in enumerate(pkeys):
+            first_row.setdefault(k, i)
+        distinct = list(first_row)
+        slot = {k: j for j, k in enumerate(distinct)}
+        need_vision = [k for k in distinct if "vision" in kinds and not memo.has("vision", k)]
+        need_tower = distinct if "joint" in kinds else need_vision
+        tower = None
+        if need_tower:
+            rows = torch.tensor([first_row[k] for k in need_tower])
+            pixel_values = inputs["pixel_values"][rows].to(device, dtype)
+            tower = backbone.get_image_features(pixel_values)  # once per distinct image of the batch
+            tower_slot = {k: j for j, k in enumerate(need_tower)}
+        if "vision" in kinds:
+            if need_vision:
+                # the image tokens alone, no padding: every image has the same token count
+                sub = torch.tensor([tower_slot[k] for k in need_vision], device=device)
+                v_ids = torch.full((len(need_vision), int(n_image[0])), image_token_id, dtype=ids.dtype, device=device)
+                h = _final_states(model, backbone, input_ids=v_ids, attention_mask=torch.ones_like(v_ids),
+                                  token_type_ids=torch.zeros_like(v_ids),
+                                  mm_encoder_outputs={"image": _select_outputs(tower, None if len(need_vision) == len(need_tower) else sub)})
+                pooled = h.float().mean(1).cpu()
+                fresh_v = {k: pooled[r].clone() for r, k in enumerate(need_vision)}
+                for k, v in fresh_v.items():
+                    memo.put("vision", k, v)
+            else:
+                fresh_v = {}
+            vis = {k: fresh_v[k] if k in fresh_v else memo.get("vision", k) for k in distinct}
+            out["vision"] = torch.stack([vis[k] for k in pkeys])
+        if "joint" in kinds:
+            index = torch.tensor([slot[k] for k in pkeys], device=device)
+            identity = len(distinct) == batch  # distinct in row order, so index == arange
+            h = _final_states(model, backbone, input_ids=ids, attention_mask=attn, token_type_ids=tti,
+                              mm_encoder_outputs={"image": _select_outputs(tower, None if identity else index)})
+            out["joint"] = (0.5 * (_masked_mean(h, is_image) + _masked_mean(h, is_question))).cpu()
+    out = {k: out[k].float() for k in FEATURE_KINDS if k in out}
+    _check_finite(out, dtype)
     return out
 
 
@@ -197,18 +410,31 @@ def iter_feature_batches(
     image_token_id: Optional[int] = None,
     special_ids: Iterable[int] = (),
     start: int = 0,
+    memo: Optional[FeatureMemo] = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Yield ``(first_row, {kind: float32 array})`` for consecutive batches of ``records``."""
+    """Yield ``(first_row, {kind: float32 array})`` for consecutive batches of ``records``.
+
+    One ``memo`` (a fresh one by default) serves all the batches: a distinct image or question
+    runs through its single-modality pass once.
+    """
     was_training = model.training
     model.eval()
     special_ids = set(special_ids)
+    memo = memo if memo is not None else FeatureMemo()
     try:
         for i in range(start, len(records), batch_size):
             batch = records[i : i + batch_size]
-            feats = pooled_features(model, encode(batch), image_token_id=image_token_id, special_ids=special_ids, kinds=kinds)
-            yield i, {k: v.cpu().numpy().astype(np.float32, copy=False) for k, v in feats.items()}
+            feats = pooled_features(model, encode(batch), image_token_id=image_token_id, special_ids=special_ids, kinds=kinds, memo=memo)
+            yield i, {k: v.numpy().astype(np.float32, copy=False) for k, v in feats.items()}
     finally:
         model.train(was_training)
+
+
+def processing_order(records: Sequence[VQARecord]) -> np.ndarray:
+    """Row order of the extraction: records grouped by image file (stable; in-memory images keep
+    their order, after the files), so that a batch shares images. Deterministic for given records."""
+    keys = [(0, str(r.image)) if isinstance(r.image, (str, Path)) else (1, "") for r in records]
+    return np.array(sorted(range(len(records)), key=keys.__getitem__), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- identity
@@ -253,7 +479,10 @@ def records_fingerprint(records: Sequence[VQARecord]) -> str:
 # ----------------------------------------------------------------------------- cache
 @dataclass
 class FeatureSet:
-    """Features of one split: ``arrays[kind]`` is ``(n, hidden)`` float32 (memory-mapped from a cache)."""
+    """Features of one split: ``arrays[kind]`` is ``(n, hidden)`` float32 (memory-mapped from a cache).
+
+    ``meta["computed"]`` says whether the model ran (False: read from the cache).
+    """
 
     question_ids: list[str]
     arrays: dict[str, np.ndarray]
@@ -287,6 +516,16 @@ def features_key(model_fp: str, records_fp: str, *, prompt: str, kinds: Sequence
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def feature_cache_folder(cache_dir: str | Path, model_fp: str, split: str, key: str) -> Path:
+    """Where :func:`extract_features` keeps the features of one (model, records, settings) key."""
+    return Path(cache_dir) / model_fp[:16] / f"{_safe(split)}-{key[:16]}"
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
 def extract_features(
     model,
     processor,
@@ -301,17 +540,22 @@ def extract_features(
     model_fp: Optional[str] = None,
     progress: Optional[Callable[[int], None]] = None,
     checkpoint_rows: int = 4096,
+    log: Callable[[str], None] = lambda s: None,
 ) -> FeatureSet:
-    """Features of ``records`` (any PaliGemma: tiny or 3B, plain or peft-wrapped).
+    """Features of ``records`` (any PaliGemma: tiny or 3B, plain or peft-wrapped), in their order.
 
     ``processor`` is a PaliGemma processor (or None when ``encode`` is given, e.g. in tests with
     hand-made token ids). With ``cache_dir`` the features are written to
     ``cache_dir/<model hash>/<split>-<key>/{kind}.npy`` and memory-mapped back; the key covers
-    the weights, the records, the prompt and the kinds, so a cache is reused only for the same
-    features. Progress is checkpointed every ``checkpoint_rows`` rows, and a later call with
-    the same key resumes from there. ``progress(n_rows_done)`` is called after every batch.
+    the weights (``model_fp``, default :func:`model_fingerprint`), the records, the prompt and
+    the kinds, so a cache is reused only for the same features. A finished entry's ``meta.json``
+    (written last, atomically) records every file's size and sha256; they are checked on every
+    read, and an entry that fails the check is logged, deleted and computed again. Progress is
+    checkpointed every ``checkpoint_rows`` rows (into ``{kind}.npy.partial``), and a later call
+    with the same key resumes from there. ``progress(n_rows_done)`` is called after every batch.
     """
     kinds = tuple(kinds)
+    _check_kinds(kinds)
     if not records:
         raise DataError(f"split {split!r} has no records to extract features from")
     if encode is None:
@@ -323,49 +567,73 @@ def extract_features(
     model_fp = model_fp or model_fingerprint(model)
     key = features_key(model_fp, records_fingerprint(records), prompt=prompt, kinds=kinds)
     qids = [r.question_id for r in records]
+    order = processing_order(records)
+    ordered = [records[j] for j in order]
+    memo = FeatureMemo()
+
+    def batches(start: int = 0):
+        return iter_feature_batches(model, ordered, encode=encode, batch_size=batch_size, kinds=kinds,
+                                    image_token_id=image_token_id, special_ids=special, start=start, memo=memo)
 
     if cache_dir is None:
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in kinds}
-        for i, feats in iter_feature_batches(model, records, encode=encode, batch_size=batch_size, kinds=kinds,
-                                             image_token_id=image_token_id, special_ids=special):
+        arrays: dict[str, np.ndarray] = {}
+        for i, feats in batches():
+            rows = order[i : i + len(feats[kinds[0]])]
             for k in kinds:
-                parts[k].append(feats[k])
+                if k not in arrays:
+                    arrays[k] = np.empty((len(records), feats[k].shape[1]), dtype=np.float32)
+                arrays[k][rows] = feats[k]
             if progress:
                 progress(min(len(records), i + batch_size))
-        return FeatureSet(qids, {k: np.concatenate(v) for k, v in parts.items()}, key)
+        return FeatureSet(qids, arrays, key, None, {"computed": True, "memo_hits": dict(memo.hits)})
 
-    folder = Path(cache_dir) / model_fp[:16] / f"{_safe(split)}-{key[:16]}"
+    folder = feature_cache_folder(cache_dir, model_fp, split, key)
     meta_path = folder / "meta.json"
     if meta_path.is_file():
-        meta = read_json(meta_path)
-        if meta.get("key") == key and meta.get("complete"):
-            fs = _open_cached(folder, meta, kinds)
-            if progress:
-                progress(len(fs))
-            return fs
+        try:
+            meta = read_json(meta_path)
+            if meta.get("key") == key and meta.get("complete"):
+                fs = _open_cached(folder, meta, kinds, expected_ids=qids)
+                if progress:
+                    progress(len(fs))
+                return fs
+        except DataError as exc:
+            log(f"feature cache of {split} is damaged ({exc}); computing the features again")
+        shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
 
     # resume a partial extraction with the same key, else start afresh
     progress_path = folder / "progress.json"
+    partial = {k: folder / f"{k}.npy.partial" for k in kinds}
     done = 0
-    state = read_json(progress_path) if progress_path.is_file() else {}
-    arrays: dict[str, np.ndarray] = {}
-    if state.get("key") == key and all((folder / f"{k}.npy").is_file() for k in kinds):
-        done = int(state.get("rows_done", 0))
-        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r+") for k in kinds}
+    state = {}
+    if progress_path.is_file():
+        try:
+            state = read_json(progress_path)
+        except DataError:
+            state = {}
+    arrays = {}
+    if state.get("key") == key and all(p.is_file() for p in partial.values()):
+        try:
+            arrays = {k: np.load(partial[k], mmap_mode="r+", allow_pickle=False) for k in kinds}
+            if any(a.shape[0] != len(records) or a.dtype != np.float32 for a in arrays.values()):
+                raise ValueError("shape")
+            done = min(int(state.get("rows_done", 0)), len(records))
+        except (OSError, ValueError):
+            arrays, done = {}, 0
     if progress and done:
         progress(done)
 
     rows_since_flush = 0
-    for i, feats in iter_feature_batches(model, records, encode=encode, batch_size=batch_size, kinds=kinds,
-                                         image_token_id=image_token_id, special_ids=special, start=done):
+    for i, feats in batches(done):
         if not arrays:
             for k in kinds:
-                arrays[k] = np.lib.format.open_memmap(folder / f"{k}.npy", mode="w+", dtype=np.float32,
+                arrays[k] = np.lib.format.open_memmap(partial[k], mode="w+", dtype=np.float32,
                                                       shape=(len(records), feats[k].shape[1]))
         j = i + len(feats[kinds[0]])
+        rows = order[i:j]
         for k in kinds:
-            arrays[k][i:j] = feats[k]
+            arrays[k][rows] = feats[k]
         done = j
         rows_since_flush += j - i
         if rows_since_flush >= checkpoint_rows or done == len(records):  # checkpoint for resume
@@ -377,35 +645,62 @@ def extract_features(
             progress(done)
     for a in arrays.values():
         a.flush()
+    hidden = int(next(iter(arrays.values())).shape[1])
+    del arrays
+    # commit: each file complete and on disk under its final name, then the meta that vouches for them
+    files = {}
+    for k in kinds:
+        _fsync(partial[k])
+        files[f"{k}.npy"] = file_digest(partial[k])
+        os.replace(partial[k], folder / f"{k}.npy")
     atomic_write_json(folder / "question_ids.json", qids, indent=None)
+    files["question_ids.json"] = file_digest(folder / "question_ids.json")
     meta = {
         "key": key,
         "complete": True,
         "split": split,
         "n": len(records),
         "kinds": list(kinds),
-        "hidden_size": int(next(iter(arrays.values())).shape[1]),
+        "hidden_size": hidden,
         "model_fingerprint": model_fp,
         "prompt": prompt,
         "version": FEATURES_VERSION,
+        "files": files,
     }
     atomic_write_json(meta_path, meta)
     progress_path.unlink(missing_ok=True)
-    del arrays
-    return _open_cached(folder, meta, kinds)
+    fs = _open_cached(folder, meta, kinds, expected_ids=qids, verify=False)
+    fs.meta = {**meta, "computed": True, "memo_hits": dict(memo.hits)}
+    return fs
 
 
-def _open_cached(folder: Path, meta: dict, kinds: Sequence[str]) -> FeatureSet:
+def _open_cached(folder: Path, meta: dict, kinds: Sequence[str], *, expected_ids: Optional[Sequence[str]] = None,
+                 verify: bool = True) -> FeatureSet:
+    """A finished cache entry, checked against the sizes and sha256 its meta records (``verify``),
+    its shapes and the expected question ids; :class:`DataError` when anything disagrees."""
     missing = [k for k in kinds if k not in meta.get("kinds", [])]
     if missing:
         raise DataError(f"feature cache lacks kinds {missing}", path=folder)
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise DataError("feature cache records no file checksums", path=folder)
+    if verify:
+        for name in ["question_ids.json", *(f"{k}.npy" for k in kinds)]:
+            problem = digest_problem(folder / name, files.get(name))
+            if problem:
+                raise DataError(problem, path=folder / name)
     qids = read_json(folder / "question_ids.json")
+    if not isinstance(qids, list) or len(qids) != meta.get("n"):
+        raise DataError("cached question ids do not match the recorded count", path=folder)
+    if expected_ids is not None and list(qids) != list(expected_ids):
+        raise DataError("cached question ids are not the requested records", path=folder)
     arrays = {}
     for k in kinds:
         try:
-            arrays[k] = np.load(folder / f"{k}.npy", mmap_mode="r")
+            arrays[k] = np.load(folder / f"{k}.npy", mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"unreadable cached features ({exc})", path=folder / f"{k}.npy") from None
-        if arrays[k].shape[0] != len(qids):
-            raise DataError("cached features and question ids disagree in length", path=folder)
-    return FeatureSet(list(qids), arrays, meta["key"], folder, meta)
+        if arrays[k].shape != (len(qids), meta.get("hidden_size")) or arrays[k].dtype != np.float32:
+            raise DataError(f"cached {k} features have shape {arrays[k].shape} {arrays[k].dtype}, "
+                            f"expected ({len(qids)}, {meta.get('hidden_size')}) float32", path=folder)
+    return FeatureSet(list(qids), arrays, meta["key"], folder, {**meta, "computed": False})

@@ -8,7 +8,10 @@ Trainer's. Model selection keeps the weights with the best validation accuracy.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import TrainConfig
+from ..distributed import barrier
 from ..errors import ConfigError, TrainingError
+from ..io import atomic_torch_save
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ def fit(
     bf16: bool = False,
     resume: bool = False,
     method_name: str = "",
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place. ``validate(model) -> accuracy`` enables best-model selection.
 
@@ -107,7 +113,9 @@ def fit(
     ``config.batch_size`` is the global micro-batch: on N processes each takes batch_size / N, so
     the optimizer sees the same batches whatever N is. With ``config.save_steps`` the Trainer
     checkpoints (weights, optimizer ``state_dict``, scheduler, RNG) and so does model selection
-    (best weights so far, history); ``resume=True`` continues from the last checkpoint.
+    (best weights so far, history); ``resume=True`` continues from the last checkpoint whose
+    ``manifest.json`` verifies (see :func:`_last_checkpoint`). ``log`` gets one-line warnings
+    (a damaged checkpoint skipped); by default they go to this module's logger.
     """
     from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -133,6 +141,7 @@ def fit(
         logging_steps=max(1, min(50, total_steps // 20)),
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit or None,
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -183,10 +192,13 @@ def fit(
                 run_validation(tstate.global_step)
 
         def on_save(self, args, tstate, control, **kw):
-            # Model selection is ours, not the Trainer's: checkpoint it with the Trainer's files.
+            # Model selection is ours, not the Trainer's: checkpoint it with the Trainer's files,
+            # then the manifest, last. Every process first finishes its part (its RNG state file).
+            barrier()
             folder = Path(args.output_dir) / f"checkpoint-{tstate.global_step}"
             if folder.is_dir() and args.process_index == 0:
-                torch.save({**state, "history": history}, folder / SELECTION_FILE)
+                atomic_torch_save({**state, "history": history}, folder / SELECTION_FILE)
+                _write_manifest(folder)
 
         def on_log(self, args, tstate, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -206,8 +218,11 @@ def fit(
     if optimizer_factory is not None:
         optimizers = (optimizer_factory(model, total_steps), None)
 
-    resume_from = _last_checkpoint(output_dir) if resume else None
-    if resume_from is not None and (resume_from / SELECTION_FILE).is_file():
+    # Sharded weights load only inside trainer.train(), which takes one step past a final
+    # checkpoint: under FSDP / DeepSpeed a finished training resumes from the checkpoint before.
+    below = total_steps if sharding != "none" else None
+    resume_from = _resume_point(output_dir, log or _logger.warning, below=below) if resume else None
+    if resume_from is not None:
         saved = torch.load(resume_from / SELECTION_FILE, map_location="cpu", weights_only=True)
         history.extend(saved.pop("history"))
         state.update(saved)
@@ -226,7 +241,12 @@ def fit(
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+        if resume_from is not None and _step_of(resume_from) >= total_steps:
+            # Training had finished (the Trainer checkpoints the last step too): load its weights.
+            # trainer.train() would take one more step when max_steps is not at an epoch's end.
+            trainer._load_from_checkpoint(str(resume_from))
+        else:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     finally:
         hooks = [c for c in trainer.callback_handler.callbacks if isinstance(c, Hooks)]
         if hooks and hooks[0].progress is not None:
@@ -255,18 +275,111 @@ def _has_checkpoint(folder: str | Path) -> bool:
 SELECTION_FILE = "model_selection.pt"
 
 
-def _last_checkpoint(folder: str | Path) -> Path | None:
-    """The complete Trainer checkpoint with the highest step.
+def _last_checkpoint(folder: str | Path, warn: Callable[[str], None] | None = None, *, below: int | None = None) -> Path | None:
+    """The Trainer checkpoint with the highest step (under ``below`` if given) whose
+    ``manifest.json`` verifies.
 
-    Complete: the Trainer writes trainer_state.json after weights, optimizer and RNG, and our
-    model-selection file comes after that, so a kill while saving leaves a folder skipped here.
+    ``on_save`` writes the manifest (every file's size and sha256) after the Trainer's files and
+    our model-selection file, atomically, so a checkpoint a kill interrupted while saving, or
+    one whose files were truncated or changed later, does not verify: it is skipped (``warn``
+    says which and why) and the next-highest good one is taken.
     """
+    return _scan_checkpoints(folder, warn, below)[0]
+
+
+def _scan_checkpoints(folder: str | Path, warn: Callable[[str], None] | None, below: int | None) -> tuple[Path | None, list[Path]]:
+    """(the checkpoint to resume from or None, the damaged ones above it)."""
+    damaged = []
+    for step, sub in _checkpoints(folder):
+        if below is not None and step >= below:
+            continue
+        problem = _checkpoint_problem(sub)
+        if problem is None:
+            return sub, damaged
+        damaged.append(sub)
+        if warn is not None:
+            warn(f"warning: skipping training checkpoint {sub}: {problem}")
+    return None, damaged
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+def _checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``checkpoint-N`` under ``folder``, highest step first."""
     found = []
     for sub in Path(folder).glob("checkpoint-*") if Path(folder).is_dir() else []:
         step = sub.name.rsplit("-", 1)[-1]
-        if step.isdigit() and (sub / "trainer_state.json").is_file() and (sub / SELECTION_FILE).is_file():
+        if step.isdigit() and sub.is_dir():
             found.append((int(step), sub))
-    return max(found)[1] if found else None
+    return sorted(found, reverse=True)
+
+
+MANIFEST_FILE = "manifest.json"
+_logger = logging.getLogger(__name__)
+
+
+def _write_manifest(folder: Path) -> None:
+    """``folder/manifest.json``: size and sha256 of every file in the checkpoint, written atomically."""
+    from ..io import atomic_write_json, file_digest
+
+    files = {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != MANIFEST_FILE and not p.name.endswith(".tmp")}
+    atomic_write_json(folder / MANIFEST_FILE, {"format": 1, "files": files})
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint ``folder`` cannot be resumed from; None when its manifest verifies."""
+    from ..errors import DataError
+    from ..io import digest_problem, safe_join
+
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return f"no {MANIFEST_FILE} (interrupted while saving, or written by an older version)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is unreadable"
+    for required in ("trainer_state.json", SELECTION_FILE):
+        if required not in files:
+            return f"{MANIFEST_FILE} does not list {required}"
+    paths = {}
+    for rel in files:
+        try:
+            paths[rel] = safe_join(folder, rel)
+        except DataError:
+            return f"{MANIFEST_FILE} names a file outside the checkpoint ({rel!r})"
+    # sizes of all files first (cheap, and what a truncation changes), then the checksums
+    for rel, want in files.items():
+        if not isinstance(want, dict) or not paths[rel].is_file() or paths[rel].stat().st_size != want.get("bytes"):
+            return digest_problem(paths[rel], want) or f"{rel} does not match {MANIFEST_FILE}"
+    for rel, want in files.items():
+        problem = digest_problem(paths[rel], want)
+        if problem:
+            return problem
+    return None
+
+
+def _resume_point(output_dir: str | Path, warn: Callable[[str], None], *, below: int | None = None) -> Path | None:
+    """The checkpoint ``fit(resume=True)`` continues from, the same on every process.
+
+    Rank 0 verifies the checkpoints (:func:`_last_checkpoint`) and removes the damaged ones above
+    the one it takes: they cannot be resumed from, and left in place the Trainer's rotation
+    (``save_total_limit``) could count them and delete the good one before a new one verifies.
+    """
+    from ..distributed import broadcast, is_main
+
+    chosen = None
+    if is_main():
+        found, damaged = _scan_checkpoints(output_dir, warn, below)
+        for sub in damaged:
+            shutil.rmtree(sub, ignore_errors=True)
+        chosen = str(found) if found is not None else None
+    chosen = broadcast(chosen)
+    return Path(chosen) if chosen is not None else None
 
 
 def _warmup_cosine(config: TrainConfig, warmup_steps: int) -> Callable[[int, int], float]:

@@ -30,13 +30,22 @@ knowledge             far     far          corners, roundness, colours of things
 Every answer list holds 10 identical annotator answers, so the VQA rule scores 1 or 0.
 Everything is a function of ``SUITE_SEED`` and the easy-vqa package: building twice gives
 identical files (a test compares hashes). Bump ``SUITE_VERSION`` on any change.
+
+A published number on "v1.0" means these exact records and images, so every build is checked
+against the content hashes recorded when the version was defined (``suite-v1.0.sha256.json``):
+the easy-vqa source files and each derived split. A library that renders, samples or fits
+differently (Pillow, numpy, scikit-learn) would silently change the benchmark; instead the suite
+refuses to load, naming what differs, unless ``VQA_OOD_BENCH_ALLOW_SUITE_DRIFT=1`` is set, in
+which case it runs as version "1.0+local" so no result passes for the published suite.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -50,7 +59,7 @@ from PIL import Image
 from ...cache import cache_dir
 from ...errors import DataError
 from ...io import atomic_write_json
-from ..records import VQARecord
+from ..records import VQARecord, open_image
 from . import render
 from .broad import KNOWLEDGE_COLOR_QUESTION, KNOWLEDGE_SHAPE_QUESTIONS, OCR_NUMBERS, OCR_QUESTIONS, OCR_WORDS, pale, random_shape
 from .questions import (
@@ -70,6 +79,8 @@ from .source import SourceImage, SourceQuestion, package_root, read_images, read
 
 SUITE_VERSION = "1.0"
 SUITE_SEED = 20250121
+EXPECTED_HASHES = Path(__file__).with_name(f"suite-v{SUITE_VERSION}.sha256.json")
+DRIFT_ENV = "VQA_OOD_BENCH_ALLOW_SUITE_DRIFT"
 N_ANNOTATORS = 10
 VALIDATION_IMAGES = 400
 
@@ -135,8 +146,7 @@ class _Sources:
         self.fit_q = [q for q in self.train_q if q.image_id not in self.val_ids]
 
     def test_image(self, image_id: int) -> Image.Image:
-        with Image.open(self.test_img[image_id].path) as im:
-            return im.convert("RGB")
+        return open_image(self.test_img[image_id].path)
 
 
 def _sample(rows: list[Row], n: int, rng: np.random.Generator) -> list[Row]:
@@ -334,7 +344,7 @@ class ReferenceModel:
 
     @staticmethod
     def _pixels(path: Path | Image.Image) -> np.ndarray:
-        im = path if isinstance(path, Image.Image) else Image.open(path)
+        im = path if isinstance(path, Image.Image) else open_image(path)
         return np.asarray(im.convert("RGB").resize((8, 8), Image.BILINEAR), dtype=np.float32).ravel() / 255.0
 
     def _features(self, questions: list[str], pixels: list[np.ndarray], fit: bool = False) -> np.ndarray:
@@ -488,15 +498,21 @@ def _write_split(folder: Path, name: str, rows: list[Row]) -> str:
 
 
 def build(root: Path | None = None, *, progress: Callable[[str], None] | None = None) -> Path:
-    """Build every derived split into the cache (atomically: a temp folder renamed at the end)."""
+    """Build every derived split into the cache (atomically: a temp folder renamed at the end),
+    then check the content against the version's recorded hashes (:func:`check_content`)."""
     target = suite_dir(root)
-    if (target / "manifest.json").is_file():
-        return target
+    if not (target / "manifest.json").is_file():
+        _build_into(target, progress)
+    check_content(target)
+    return target
+
+
+def _build_into(target: Path, progress: Callable[[str], None] | None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         src = _Sources()
-        manifest = {"version": SUITE_VERSION, "seed": SUITE_SEED, "splits": {}}
+        manifest = {"version": SUITE_VERSION, "seed": SUITE_SEED, "source_sha256": source_digest(), "splits": {}}
         for k, (name, builder) in enumerate(BUILDERS.items()):
             if progress:
                 progress(name)
@@ -514,7 +530,74 @@ def build(root: Path | None = None, *, progress: Callable[[str], None] | None = 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """SHA-256 over the easy-vqa package's data files (questions and images; names and bytes):
+    the training and validation splits are read from them directly."""
+    root = package_root()
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _ids_digest(ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(sorted(ids)).encode()).hexdigest()
+
+
+def drift_allowed() -> bool:
+    return os.environ.get(DRIFT_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def suite_version() -> str:
+    """The version results record: "1.0", or "1.0+local" when a drifted build is allowed."""
+    return f"{SUITE_VERSION}+local" if drift_allowed() else SUITE_VERSION
+
+
+def content_differences(manifest: dict) -> list[str]:
+    """What in a built suite differs from the version's recorded content (empty: identical)."""
+    expected = json.loads(EXPECTED_HASHES.read_text())
+    differ = []
+    # Caches built before the source was hashed lack it; the files they read are hashed now.
+    if manifest.get("source_sha256", source_digest()) != expected["source_sha256"]:
+        differ.append("the easy-vqa source files")
+    if _ids_digest(manifest.get("validation_image_ids", [])) != expected["validation_image_ids_sha256"]:
+        differ.append("the validation images")
+    got = manifest.get("splits", {})
+    differ += [name for name, digest in expected["splits"].items() if got.get(name, {}).get("sha256") != digest]
+    return differ
+
+
+@functools.lru_cache(maxsize=None)
+def _checked(manifest_path: Path, mtime_ns: int) -> None:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"unreadable suite manifest ({exc}); delete {manifest_path.parent} to rebuild", path=manifest_path) from None
+    differ = content_differences(manifest)
+    if differ and not drift_allowed():
+        import PIL
+        import sklearn
+
+        raise DataError(
+            f"the embedded suite built here is not v{SUITE_VERSION}: {', '.join(differ)} differ from the recorded content "
+            f"(numpy {np.__version__}, Pillow {PIL.__version__}, scikit-learn {sklearn.__version__} here). Results would not be "
+            f"comparable with published v{SUITE_VERSION} numbers: install with the project's constraints file (README), "
+            f"or set {DRIFT_ENV}=1 to run it as version {SUITE_VERSION}+local",
+            path=manifest_path,
+        )
+    if differ:
+        warnings.warn(f"embedded suite differs from v{SUITE_VERSION} ({', '.join(differ)}); running as {suite_version()}", stacklevel=3)
+
+
+def check_content(target: Path) -> None:
+    """Refuse a built suite whose content differs from the version's recorded hashes (once per
+    process and manifest; the split files are hashed when built, the source files here)."""
+    path = target / "manifest.json"
+    _checked(path, path.stat().st_mtime_ns)
 
 
 def read_split(name: str, root: Path | None = None) -> list[VQARecord]:

@@ -67,5 +67,5 @@ def embedded_suite() -> Suite:
             SplitSpec(name, f"embedded/{name}", role, shift, stands_in_for=sif) for name, (role, shift, sif, _) in EMBEDDED_SPLITS.items()
         ),
         needs_data_root=False,
-        version=_build.SUITE_VERSION,
+        version=_build.suite_version(),
     )

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ...errors import DataError
+from ..records import open_image
 from .questions import EASYVQA_COLORS, EASYVQA_SHAPES, answer_for, parse_easyvqa_question
 
 
@@ -97,8 +97,7 @@ def read_images(split: str, questions: list[SourceQuestion] | None = None) -> di
         if len(cands) == 1:
             color, shape = next(iter(cands))
         else:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
+            arr = np.asarray(open_image(path))
             try:
                 pc, ps = attributes_from_pixels(arr)
             except ValueError as exc:
