@@ -7,6 +7,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,6 +177,40 @@ def test_a_drifted_build_runs_only_as_local_when_allowed(tmp_path: Path, monkeyp
     assert get_suite("embedded").version == "1.0+local"
     monkeypatch.delenv(suite_build.DRIFT_ENV)
     assert get_suite("embedded").version == "1.0"
+
+
+def _adversarial_candidates() -> tuple[suite_build._Sources, list]:
+    src = suite_build._Sources()
+    k = list(suite_build.BUILDERS).index("adversarial")
+    return src, suite_build._adversarial_candidates(src, np.random.default_rng([suite_build.SUITE_SEED, k + 1]))
+
+
+def test_the_shipped_adversary_decisions_are_the_reference_models_mistakes() -> None:
+    """Refit the reference model here: the recorded decisions are its mistakes, up to the few
+    borderline candidates that another CPU's BLAS kernels decide differently."""
+    src, cands = _adversarial_candidates()
+    record = json.loads(suite_build.ADVERSARY_FILE.read_text())
+    assert record["candidates"] == len(cands)
+    shipped = {int(k): v for k, v in record["wrong"].items()}
+    assert suite_build.adversary_decisions(src, cands) == shipped
+    refit = suite_build.reference_predictions(src, cands)
+    for k, p in shipped.items():  # a recorded mistake is a real mistake, whoever fit it
+        assert p != cands[k][2]
+    here = {k for k, ((_, _, a, _), p) in enumerate(zip(cands, refit)) if p != a}
+    jaccard = len(here & set(shipped)) / len(here | set(shipped))
+    agree = sum(p == shipped.get(k, cands[k][2]) for k, p in enumerate(refit)) / len(cands)
+    assert jaccard > 0.9 and agree > 0.9, (jaccard, agree)
+
+
+def test_changed_adversarial_candidates_are_refused(tmp_path: Path, monkeypatch) -> None:
+    src, cands = _adversarial_candidates()
+    record = json.loads(suite_build.ADVERSARY_FILE.read_text())
+    record["candidates_sha256"] = "0" * 64
+    fake = tmp_path / "adversary.json"
+    fake.write_text(json.dumps(record))
+    monkeypatch.setattr(suite_build, "ADVERSARY_FILE", fake)
+    with pytest.raises(DataError, match="candidate questions differ"):
+        suite_build.adversary_decisions(src, cands)
 
 
 # -- CPU numerics ---------------------------------------------------------------------------------

@@ -107,6 +107,22 @@ def test_a_run_held_by_another_process_is_refused_and_free_once_that_process_is_
     assert len(results.splits) == 10 and not (run / runner.LOCK_OWNER_FILE).exists()
 
 
+def test_a_holder_that_ends_within_the_grace_period_does_not_refuse_the_run(tmp_path):
+    """A restart right after a kill finds the dying holder's lock for a moment: it waits, then runs."""
+    brief = HOLDER.replace("time.sleep(600)", "time.sleep(1.0)")
+    holder = subprocess.Popen([sys.executable, "-c", brief, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t = time.monotonic()
+        with runner.run_folder_lock(tmp_path):
+            waited = time.monotonic() - t
+        assert 0.2 < waited < runner.LOCK_GRACE_S + 1  # entered once the holder let go, not before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_the_lock_is_released_when_the_run_fails(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(RuntimeError):

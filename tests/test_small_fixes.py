@@ -310,3 +310,13 @@ def test_leaderboard_table_never_cuts_a_number_at_80_columns():
         want.update("–" if v is None else f"{v:.2f}" for v in e.averages.model_dump().values())
     assert _number_cells(text) == want
     assert all(e.entry_id in text for e in group)  # the key column, repeated in every part, is whole
+
+
+def test_a_missing_training_image_is_a_data_error_naming_the_file(tmp_path):
+    from vqa_ood_bench.errors import DataError
+    from vqa_ood_bench.train.engine import TrainExample, VQACollator
+
+    missing = tmp_path / "gone.png"
+    with pytest.raises(DataError, match="image file not found") as err:
+        VQACollator(processor=None)([TrainExample(image=str(missing), prompt="what?", answer="red")])
+    assert "gone.png" in str(err.value)

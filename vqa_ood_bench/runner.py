@@ -200,12 +200,16 @@ def run_benchmark(
 
 LOCK_FILE = ".lock"
 LOCK_OWNER_FILE = ".lock-owner.json"
+# A holder that was just killed keeps its lock until the OS has finished tearing the process
+# down (torchrun's workers outlive torchrun by a moment): retry this long before refusing.
+LOCK_GRACE_S = 3.0
 
 
 @contextlib.contextmanager
 def run_folder_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's exclusive lock (``filelock``, an ``flock`` released by the OS when
-    the holder dies) for the block; another holder: :class:`ConfigError` at once, no waiting.
+    the holder dies) for the block; another holder: :class:`ConfigError` after at most
+    ``LOCK_GRACE_S`` seconds, no queueing.
 
     All processes of one ``torchrun`` run share the folder: rank 0 takes the lock and tells the
     others whether it got it, so every rank of a refused run raises the same error.
@@ -214,9 +218,9 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
 
     lock, refusal = None, None
     if distributed.is_main():
-        candidate = FileLock(str(run_dir / LOCK_FILE), timeout=0)
+        candidate = FileLock(str(run_dir / LOCK_FILE))
         try:
-            candidate.acquire()
+            candidate.acquire(timeout=LOCK_GRACE_S, poll_interval=0.05)
         except Timeout:
             refusal = f"run folder {run_dir} is in use by another run ({_lock_owner(run_dir)}); wait for it or choose another --out"
         else:

@@ -61,7 +61,10 @@ class VQACollator:
     def __call__(self, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
         from PIL import Image
 
-        images = [ex.image if isinstance(ex.image, Image.Image) else Image.open(ex.image).convert("RGB") for ex in examples]
+        from ..data.records import open_image
+
+        # a missing or oversized training image: a DataError naming the file, not a PIL traceback
+        images = [ex.image if isinstance(ex.image, Image.Image) else open_image(ex.image) for ex in examples]
         batch = self.processor(
             text=[self.image_token + ex.prompt for ex in examples],
             images=images,

@@ -31,7 +31,9 @@ Every answer list holds 10 identical annotator answers, so the VQA rule scores 1
 Everything is a function of ``SUITE_SEED`` and the easy-vqa package: building twice gives
 identical files (a test compares hashes). Bump ``SUITE_VERSION`` on any change.
 
-A published number on "v1.0" means these exact records and images, so every build is checked
+The adversarial split's reference-model decisions are shipped data (``adversary-v1.0.json``;
+:func:`adversary_decisions` says why). A published number on "v1.0" means these exact records
+and images, so every build is checked
 against the content hashes recorded when the version was defined (``suite-v1.0.sha256.json``):
 the easy-vqa source files and each derived split. A library that renders, samples or fits
 differently (Pillow, numpy, scikit-learn) would silently change the benchmark; instead the suite
@@ -369,9 +371,11 @@ def _pinned_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def build_adversarial(src: _Sources, rng: np.random.Generator) -> list[Row]:
-    ref = ReferenceModel(src)
-    # Candidates, as an adversary would write them: easy-VQA templates and broad phrasings.
+ADVERSARY_FILE = Path(__file__).with_name(f"adversary-v{SUITE_VERSION}.json")
+
+
+def _adversarial_candidates(src: _Sources, rng: np.random.Generator) -> list[tuple[str, int, str, str]]:
+    """Candidate questions, as an adversary would write them: easy-VQA templates and broad phrasings."""
     cands: list[tuple[str, int, str, str]] = []
     for question, image_id, answer in _template_pool(src.test_img):
         if rng.random() < 0.1:
@@ -385,11 +389,62 @@ def build_adversarial(src: _Sources, rng: np.random.Generator) -> list[Row]:
             slot_s = str(rng.choice(list(EASYVQA_SHAPES))) if kind == "has_shape" else (info.shape if key == "color:shape" else None)
             intent = Intent(kind, color=slot_c, shape=slot_s, negated=key.startswith("not_"))
             cands.append((phrase(template, intent), image_id, answer_for(intent, info.color, info.shape), template))
-    preds = ref.predict([c[0] for c in cands], [src.test_img[c[1]].path for c in cands])
+    return cands
+
+
+def _candidates_digest(cands: list[tuple[str, int, str, str]]) -> str:
+    return hashlib.sha256(json.dumps(cands).encode()).hexdigest()
+
+
+def reference_predictions(src: _Sources, cands: list[tuple[str, int, str, str]]) -> list[str]:
+    """The reference model's answer to every candidate, fit and predicted here."""
+    ref = ReferenceModel(src)
+    return ref.predict([c[0] for c in cands], [src.test_img[c[1]].path for c in cands])
+
+
+def adversary_decisions(src: _Sources, cands: list[tuple[str, int, str, str]]) -> dict[int, str]:
+    """The candidates the reference model got wrong (index → its prediction), as released.
+
+    The reference fit stops at lbfgs's iteration limit, so which borderline candidates it gets
+    wrong follows the BLAS kernels of the CPU it runs on (an AVX2 build of OpenBLAS flips a few
+    against an AVX-512 one). Like AdVQA's human adversaries, the decisions are therefore data:
+    recorded once (``adversary-v1.0.json``) and read by every build; the model is refit only
+    when no record exists for the candidates (a new suite version).
+    """
+    digest = _candidates_digest(cands)
+    if ADVERSARY_FILE.is_file():
+        record = json.loads(ADVERSARY_FILE.read_text())
+        if record.get("candidates_sha256") != digest:
+            raise DataError("the adversarial split's candidate questions differ from the recorded ones "
+                            "(easy-vqa source or numpy's random generator changed)", path=ADVERSARY_FILE)
+        return {int(k): str(v) for k, v in record["wrong"].items()}
+    preds = reference_predictions(src, cands)
+    return {k: p for k, ((_, _, a, _), p) in enumerate(zip(cands, preds)) if p != a}
+
+
+def record_adversary_decisions(path: Path, src: _Sources | None = None) -> dict:
+    """Fit the reference model here and write its decisions in the shipped record's format."""
+    src = src or _Sources()
+    k = list(BUILDERS).index("adversarial")
+    cands = _adversarial_candidates(src, np.random.default_rng([SUITE_SEED, k + 1]))
+    preds = reference_predictions(src, cands)
+    record = {
+        "version": SUITE_VERSION,
+        "candidates": len(cands),
+        "candidates_sha256": _candidates_digest(cands),
+        "wrong": {str(k): p for k, ((_, _, a, _), p) in enumerate(zip(cands, preds)) if p != a},
+    }
+    atomic_write_json(path, record)
+    return record
+
+
+def build_adversarial(src: _Sources, rng: np.random.Generator) -> list[Row]:
+    cands = _adversarial_candidates(src, rng)
+    wrong = adversary_decisions(src, cands)
     rows = [
-        Row(f"adv-{k}", _pkg_ref("test", image_id), q, a, answer_type_of(a), qt, {"image_id": image_id, "reference_prediction": p})
-        for k, ((q, image_id, a, qt), p) in enumerate(zip(cands, preds))
-        if p != a
+        Row(f"adv-{k}", _pkg_ref("test", image_id), q, a, answer_type_of(a), qt, {"image_id": image_id, "reference_prediction": wrong[k]})
+        for k, (q, image_id, a, qt) in enumerate(cands)
+        if k in wrong
     ]
     return _sample(rows, SPLIT_SIZES["adversarial"], rng)
 
@@ -502,7 +557,14 @@ def build(root: Path | None = None, *, progress: Callable[[str], None] | None = 
     then check the content against the version's recorded hashes (:func:`check_content`)."""
     target = suite_dir(root)
     if not (target / "manifest.json").is_file():
-        _build_into(target, progress)
+        from filelock import FileLock
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # One build at a time per cache (threads or processes): the builds would be identical,
+        # and two at once only double the work.
+        with FileLock(str(target.parent / f".build-v{SUITE_VERSION}.lock")):
+            if not (target / "manifest.json").is_file():
+                _build_into(target, progress)
     check_content(target)
     return target
 
@@ -585,7 +647,7 @@ def _checked(manifest_path: Path, mtime_ns: int) -> None:
         raise DataError(
             f"the embedded suite built here is not v{SUITE_VERSION}: {', '.join(differ)} differ from the recorded content "
             f"(numpy {np.__version__}, Pillow {PIL.__version__}, scikit-learn {sklearn.__version__} here). Results would not be "
-            f"comparable with published v{SUITE_VERSION} numbers: install with the project's constraints file (README), "
+            f"comparable with published v{SUITE_VERSION} numbers: install the versions pyproject.toml pins (README), "
             f"or set {DRIFT_ENV}=1 to run it as version {SUITE_VERSION}+local",
             path=manifest_path,
         )
