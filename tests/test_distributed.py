@@ -7,6 +7,7 @@ row for row, the same per-split numbers, and no shard file left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -147,6 +148,23 @@ def _run(argv: list[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _predictions(run: Path) -> dict[str, list[tuple[str, str]]]:
     out = {}
     for f in sorted((run / "predictions").glob("*.jsonl")):
@@ -224,7 +242,13 @@ def test_killed_two_process_prediction_resumes_to_the_one_process_file(tmp_path)
         if shard1.is_file() and shard1.read_bytes().count(b"\n") >= 2:
             break
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+    # torchrun and both workers (which torchrun may start in sessions of their own, out of reach
+    # of killpg: they would go on as orphans and, rightly, keep the run folder locked)
+    tree = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     left = sorted(p.name for p in (two / "predictions").glob(".*rank*"))
     assert not (two / "results.json").exists() and left, left  # killed while the shards were filling
