@@ -176,7 +176,7 @@ def test_hub_failure_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_hub_without_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
-    with pytest.raises(ConfigError, match="pip install datasets"):
+    with pytest.raises(ConfigError, match=r"pip install 'vqa-ood-bench\[hub\]'"):
         get_dataset("textvqa").load(None, source="hub")
 
 

@@ -25,7 +25,7 @@ from vqa_ood_bench.report.leaderboard_reproduce import compare, missing_requirem
 from vqa_ood_bench.report.schema import ModelInfo, RunResults, SplitResult, compute_averages, read_results, write_results
 
 REPO = Path(__file__).resolve().parents[1]
-BOARD = REPO / "leaderboards"
+BOARD = REPO / "vqa_ood_bench" / "leaderboards"
 
 
 def fake_results(model: str = "google/paligemma-3b-pt-224", suite: str = "paper-vqa", values=(80.0, 60.0, 30.0)) -> RunResults:
@@ -223,3 +223,77 @@ def test_submitted_embedded_entry_reproduces_and_a_tampered_copy_is_flagged(tmp_
     flagged = read_entry(tampered)
     assert flagged.status == "reported" and flagged.verdict() == "OFF"
     assert flagged.reproductions[-1].off_splits == ["easyvqa-test"]
+
+
+# ---------------------------------------------------------------- integrity: one ranking per variant, re-scored submissions
+
+
+def test_entries_of_two_variants_are_ranked_in_two_tables(tmp_path: Path, capsys) -> None:
+    """Official and LAVIS numbers of one suite never share a ranking: `show` prints two tables and
+    the CSV two groups, each sorted on its own (one ranking would interleave them: 55, 50, 40, 35)."""
+    board = tmp_path / "board"
+    ood = {"lav-hi": ("lavis", (80.0, 70.0, 40.0)), "off-hi": ("official", (80.0, 60.0, 40.0)),  # OOD averages 55, 50
+           "lav-lo": ("lavis", (80.0, 50.0, 30.0)), "off-lo": ("official", (80.0, 40.0, 30.0))}  # 40, 35
+    for entry_id, (variant, values) in ood.items():
+        entry = entry_from_results(fake_results(values=values), entry_id=entry_id).model_copy(update={"variant": variant})
+        write_entry(entry, board / f"{entry_id}.json")
+    assert main(["leaderboard", "show", "--dir", str(board)]) == 0
+    out = capsys.readouterr().out
+    lavis, official = "paper-vqa · VQA accuracy (lavis)", "paper-vqa · VQA accuracy (official)"
+    assert out.index(lavis) < out.index("lav-hi") < out.index("lav-lo") < out.index(official) < out.index("off-hi") < out.index("off-lo")
+
+    assert main(["leaderboard", "export", "--dir", str(board), "--format", "csv", "--out", str(tmp_path / "all.csv")]) == 0
+    frame = pd.read_csv(tmp_path / "all.csv")
+    assert list(frame["entry_id"]) == ["lav-hi", "lav-lo", "off-hi", "off-lo"]
+    assert list(frame["group"]) == [lavis, lavis, official, official] and list(frame["rank"]) == [1, 2, 1, 2]
+
+
+def embedded_run(run: Path, correct: dict[str, int]) -> RunResults:
+    """A run folder on the embedded suite (limit 10) with predictions files: per split the first
+    ``correct[split]`` predictions right, the rest wrong. An embedded record's ten answers agree, so
+    a right prediction scores 100 and a wrong one 0 in every variant: accuracy = 10 * correct."""
+    from vqa_ood_bench.data.suite import get_suite
+
+    suite = get_suite("embedded")  # built from the installed easy-vqa package: offline
+    base = fake_results(suite="embedded")
+    splits = {}
+    for name, k in correct.items():
+        spec = suite.split(name)
+        records = suite.load(spec, None, limit=10)
+        lines = [{"question_id": r.question_id, "prediction": r.answers[0] if i < k else "xyzzy"} for i, r in enumerate(records)]
+        (run / "predictions").mkdir(parents=True, exist_ok=True)
+        (run / "predictions" / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        splits[name] = SplitResult(role=spec.role, shift_type=spec.shift_type, n=len(records), vqa_accuracy=10.0 * k,
+                                   predictions_file=f"predictions/{name}.jsonl")
+    results = base.model_copy(update={"suite_version": suite.version, "config": {**base.config, "limit": 10}, "splits": splits,
+                                      "averages": compute_averages(splits)})
+    write_results(results, run / "results.json")
+    return results
+
+
+CORRECT = {"easyvqa-test": 7, "iv-edit": 4, "text-read": 2}
+
+
+def test_add_rescores_a_faithful_run_and_stores_its_prediction_hashes(tmp_path: Path) -> None:
+    import hashlib
+
+    run, board = tmp_path / "run", tmp_path / "board"
+    embedded_run(run, CORRECT)
+    assert main(["leaderboard", "add", str(run), "--dir", str(board), "--id", "faithful"]) == 0
+    entry = read_entry(board / "submitted" / "faithful.json")
+    assert entry.predictions_sha256 == {
+        f"predictions/{name}.jsonl": hashlib.sha256((run / "predictions" / f"{name}.jsonl").read_bytes()).hexdigest() for name in CORRECT
+    }
+    assert {n: entry.value(n) for n in entry.splits} == {"easyvqa-test": 70.0, "iv-edit": 40.0, "text-read": 20.0}
+
+
+def test_add_refuses_a_results_file_its_predictions_do_not_give(tmp_path: Path, capsys) -> None:
+    run, board = tmp_path / "run", tmp_path / "board"
+    embedded_run(run, CORRECT)
+    data = json.loads((run / "results.json").read_text())
+    data["splits"]["iv-edit"]["vqa_accuracy"] = 60.0  # the predictions give 40.0
+    (run / "results.json").write_text(json.dumps(data))
+    assert main(["leaderboard", "add", str(run), "--dir", str(board), "--id", "edited"]) == 2
+    err = capsys.readouterr().err
+    assert "split 'iv-edit'" in err and "60.0" in err and "40.0" in err and err.count("\n") == 1
+    assert not (board / "submitted" / "edited.json").exists()

@@ -13,7 +13,7 @@ from vqa_ood_bench.cli import main
 from vqa_ood_bench.report.leaderboard import load_entries
 
 REPO = Path(__file__).resolve().parents[1]
-BOARD = REPO / "leaderboards"
+BOARD = REPO / "vqa_ood_bench" / "leaderboards"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
@@ -24,6 +24,7 @@ class PageIndex(HTMLParser):
         super().__init__()
         self.tables: dict[str, list[dict]] = {}
         self.keys: dict[str, list[str]] = {}
+        self.groups: dict[str, tuple[list[dict], list[str]]] = {}  # data-group -> (rows, keys): one table each
         self.dots: set[str] = set()
         self.external: list[str] = []
         self.body: dict[str, str] = {}
@@ -41,6 +42,7 @@ class PageIndex(HTMLParser):
         if tag == "table" and "data-suite" in a:
             self._suite = a["data-suite"]
             self.tables[self._suite], self.keys[self._suite] = [], []
+            self.groups[a.get("data-group")] = (self.tables[self._suite], self.keys[self._suite])
         elif tag == "th" and self._suite:
             self.keys[self._suite].append(a.get("data-key"))
         elif tag == "tr" and self._suite and "data-entry" in a:
@@ -92,6 +94,31 @@ def test_page_lists_every_entry_in_its_suite_sorted_by_ood(page: Path) -> None:
             assert value == pytest.approx(by_id[row["entry"]].averages.ood, abs=1e-6)
     assert index.external == []  # self-contained: no scripts, styles or fonts from elsewhere
     assert index.body.get("data-sort-check") == "pending"  # set by the script when a browser runs it
+
+
+def test_variants_get_their_own_table_and_entry_text_is_escaped() -> None:
+    """Two variants of one suite: two tables, each sorted by OOD on its own; submitted text never becomes markup."""
+    from vqa_ood_bench.report.leaderboard import entry_from_results
+    from vqa_ood_bench.report.leaderboard_html import render_html
+
+    from test_leaderboard import fake_results
+
+    attack = "<script>alert(1)</script>"
+    specs = {"lav-hi": ("lavis", (80.0, 70.0, 40.0)), "off-hi": ("official", (80.0, 60.0, 40.0)),  # OOD averages 55, 50
+             "lav-lo": ("lavis", (80.0, 50.0, 30.0)), "off-lo": ("official", (80.0, 40.0, 30.0))}  # 40, 35
+    entries = [entry_from_results(fake_results(values=values), entry_id=entry_id).model_copy(update={"variant": variant})
+               for entry_id, (variant, values) in specs.items()]
+    entries[0] = entries[0].model_copy(update={"method": attack, "backbone": attack, "notes": [attack]})
+    text = render_html(entries)
+    index = parse(text)
+    assert set(index.groups) == {"paper-vqa · VQA accuracy (lavis)", "paper-vqa · VQA accuracy (official)"}
+    for group, want in (("paper-vqa · VQA accuracy (lavis)", ["lav-hi", "lav-lo"]), ("paper-vqa · VQA accuracy (official)", ["off-hi", "off-lo"])):
+        rows, keys = index.groups[group]
+        assert [r["entry"] for r in rows] == want
+        assert [float(r["cells"][keys.index("ood")]) for r in rows] == sorted((float(r["cells"][keys.index("ood")]) for r in rows), reverse=True)
+        assert f"<h2>VQAv2 → near / far OOD (paper-vqa) · {group.split(' · ', 1)[1]}</h2>" in text  # the group named in the title
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>alert" not in text
+    assert index.groups["paper-vqa · VQA accuracy (lavis)"][0][0]["cells"][0] == attack  # escaped in the page, the text itself in the DOM
 
 
 def run_chromium(*args: str) -> str:

@@ -89,7 +89,7 @@ def test_walkthrough_executes_and_writes_what_it_shows(tmp_path: Path) -> None:
     params = parameters_of(nb)
     methods, limit = list(params["METHODS"]), params["LIMIT"]
     assert params["WORK_DIR"] is None  # the default work folder is what this test looks for
-    repo_boards = sorted(str(p) for p in (ROOT / "leaderboards").rglob("*")) if (ROOT / "leaderboards").is_dir() else []
+    repo_boards = sorted(str(p) for p in (ROOT / "vqa_ood_bench" / "leaderboards").rglob("*")) if (ROOT / "vqa_ood_bench" / "leaderboards").is_dir() else []
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -143,8 +143,8 @@ def test_walkthrough_executes_and_writes_what_it_shows(tmp_path: Path) -> None:
     csv_rows = (work / "exports" / "leaderboard.csv").read_text().strip().splitlines()
     assert len(csv_rows) == 1 + len(methods)
     assert (work / "exports" / "leaderboard.html").stat().st_size > 0
-    after = sorted(str(p) for p in (ROOT / "leaderboards").rglob("*")) if (ROOT / "leaderboards").is_dir() else []
-    assert after == repo_boards, "the walkthrough must not touch the repository's leaderboards/"
+    after = sorted(str(p) for p in (ROOT / "vqa_ood_bench" / "leaderboards").rglob("*")) if (ROOT / "vqa_ood_bench" / "leaderboards").is_dir() else []
+    assert after == repo_boards, "the walkthrough must not touch the packaged vqa_ood_bench/leaderboards/"
 
     # What the reader sees: the records figure, the shift and omega plots inline, the paper-style table.
     # (records, shift vs accuracy, heatmap, the baseline's histograms, and DiGraP's two omega figures)

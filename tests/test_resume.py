@@ -203,7 +203,7 @@ def test_default_config_checkpoints_and_a_run_killed_in_training_resumes_from_th
     from vqa_ood_bench.config import TrainConfig
 
     every = TrainConfig().save_steps
-    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "embedded.yaml").read_text())["train"]
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "vqa_ood_bench" / "configs" / "embedded.yaml").read_text())["train"]
     cfg = default_config()
     assert every > 0 and cfg.train.save_steps == shipped["save_steps"] == every
     assert 2 <= cfg.train.save_total_limit == shipped["save_total_limit"] == TrainConfig().save_total_limit

@@ -43,7 +43,7 @@ PREDS = {
     "near": {"n1": "a dog", "n2": "cat"},
     "far": {"f1": "horse"},
 }
-# Hand-worked per-question scores (see docs/vqa-accuracy.md):
+# Hand-worked per-question scores (see docs/vqa-accuracy.md, "Scoring variants"):
 #  i1 yes / 10 x yes: 1 everywhere. i2 "Yes" / 10 x yes: official 0 (identical answers -> no
 #  normalisation), lavis 1. i3 "two" / 2 x 2 + 8 x 3: "2" matches 2 -> 0.6. i4 red 3 of 10 -> 0.9.
 #  n1 "a dog" / 10 x dog: official 0, lavis 1 ("a" dropped). n2 cat 4 of 10 -> 1. f1 -> 0.

@@ -320,3 +320,15 @@ def test_a_missing_training_image_is_a_data_error_naming_the_file(tmp_path):
     with pytest.raises(DataError, match="image file not found") as err:
         VQACollator(processor=None)([TrainExample(image=str(missing), prompt="what?", answer="red")])
     assert "gone.png" in str(err.value)
+
+
+def test_clipmatch_without_open_clip_names_the_extra(monkeypatch):
+    import sys
+
+    from vqa_ood_bench.errors import ConfigError
+    from vqa_ood_bench.score.clipmatch import template_set
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import fails
+    with pytest.raises(ConfigError, match=r"pip install 'vqa-ood-bench\[clipmatch\]'"):
+        template_set("openai_imagenet")
+    assert template_set("none") == ("{}",)  # no open_clip needed

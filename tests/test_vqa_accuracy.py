@@ -1,6 +1,7 @@
-"""VQA accuracy: the golden edge-case table of docs/vqa-accuracy.md for every variant, the
-normalisation steps on hand-worked strings, and the vectorised scorer against a literal
-per-question re-implementation of each variant's reference code (hypothesis)."""
+"""VQA accuracy: the golden edge-case table of docs/vqa-accuracy.md ("Edge cases measured on the
+real implementations") for every variant, the normalisation steps on hand-worked strings, and
+the vectorised scorer against a literal per-question re-implementation of each variant's
+reference code (hypothesis)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ class TrainConfig(BaseModel):
     validation_size: int = Field(300, ge=0)
     save_steps: int = Field(100, ge=0)  # checkpoint every N steps (and at the end) for resume (0: none)
     save_total_limit: int = Field(2, ge=0)  # keep the newest N checkpoints (0: all); 2 leaves a fallback if the newest is damaged
-    # Added for the paper recipes (configs/paper/); the defaults keep the earlier behaviour.
+    # Added for the paper recipes (vqa_ood_bench/configs/paper/); the defaults keep the earlier behaviour.
     warmup_steps: int = Field(0, ge=0)  # > 0 overrides warmup_ratio
     warmup_start_lr: float = Field(0.0, ge=0)  # linear warm-up starts here (the paper: 1e-4)
     min_learning_rate: float = Field(0.0, ge=0)  # the cosine ends here (the paper: 1e-4)
@@ -69,8 +69,24 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+def config_path(ref: str | Path) -> Path:
+    """The config file ``ref`` names: a file, else a packaged config (``embedded``, ``paper/vqa-digrap``)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    from . import configs
+
+    packaged = configs.path(str(ref))
+    if packaged is not None:
+        return packaged
+    if path.exists():  # a folder, say: reading it says what is wrong
+        return path
+    raise ConfigError(f"no config file {str(ref)!r} and no packaged config of that name; packaged configs: {', '.join(configs.names())}")
+
+
 def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
+    """The run config in file ``path``, or the packaged config of that name (see :func:`config_path`)."""
+    path = config_path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM from Windows editors is not part of the YAML
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""``vqa-ood-bench leaderboard show|add|export|html|reproduce``: the leaderboard entries in ``leaderboards/``."""
+"""``vqa-ood-bench leaderboard show|add|export|html|reproduce``: the leaderboard entries (``--dir``, else ``leaderboard.default_dir``)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from .options import JsonOpt
 
 DirOpt = Annotated[
     Optional[Path],
-    typer.Option("--dir", help="Leaderboards folder (default: $VQA_OOD_BENCH_LEADERBOARDS, else ./leaderboards, else the source checkout's)."),
+    typer.Option("--dir", help="Leaderboards folder (default: $VQA_OOD_BENCH_LEADERBOARDS, else ./leaderboards, else the entries packaged with vqa_ood_bench)."),
 ]
 
 
-def _dir(folder: Optional[Path]) -> Path:
+def _dir(folder: Optional[Path], *, writable: bool = False) -> Path:
     from ..report.leaderboard import default_dir
 
-    return folder if folder is not None else default_dir()
+    return folder if folder is not None else default_dir(writable=writable)
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -43,8 +43,8 @@ def show(
     splits: Annotated[bool, typer.Option("--splits", help="Add one column per split.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """One table per suite, sorted by OOD average (best first)."""
-    from ..report.leaderboard import by_suite, load_entries
+    """One table per suite, metric and scoring variant, sorted by OOD average (best first)."""
+    from ..report.leaderboard import by_group, load_entries
 
     entries = [e for _, e in load_entries(_dir(folder), suite=suite)]
     if as_json:
@@ -56,7 +56,7 @@ def show(
     if not entries:
         console.print(escape(f"no entries{f' for suite {suite!r}' if suite else ''} in {_dir(folder)}"))
         return
-    for name, group in by_suite(entries).items():
+    for (name, _, _), group in by_group(entries).items():  # the table title names the metric and variant
         console.print(leaderboard_table(name, group, with_splits=splits))
 
 
@@ -68,10 +68,15 @@ def add(
     entry_id: Annotated[Optional[str], typer.Option("--id", help="Entry id (default: SUITE-METHOD-ADAPTER-RUNSUFFIX).")] = None,
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Backbone label (default: the model id).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing entry with the same id.")] = False,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Released datasets for re-scoring (default: the run's own).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a submitted entry from a run folder: its numbers, full config, model and data identifiers."""
-    from ..report.leaderboard import default_entry_id, entry_from_results, load_entries, write_entry
+    """Create a submitted entry from a run folder: its numbers, full config, model and data identifiers.
+
+    The run's predictions files are re-scored first (a number they do not give is refused) and
+    their SHA-256 hashes are stored in the entry.
+    """
+    from ..report.leaderboard import check_rescored, default_entry_id, entry_from_results, load_entries, predictions_sha256, write_entry
     from ..report.leaderboard_reproduce import tiny_pretraining_of
     from ..report.schema import read_results
 
@@ -80,13 +85,15 @@ def add(
         raise ConfigError(f"{str(run_dir)!r} is not a finished run folder (no results.json)")
     results = read_results(results_path)
     try:
-        target_dir = _dir(folder)
-    except ConfigError:  # no leaderboards folder anywhere yet: start one here
+        target_dir = _dir(folder, writable=True)
+    except ConfigError:  # no leaderboards folder to write to yet (the packaged one is read-only): start one here
         target_dir = Path("leaderboards")
+    for warning in check_rescored(run_dir, results, data_root=data_root):
+        typer.echo(f"warning: {warning}", err=True)
     key, steps = tiny_pretraining_of(results)
     entry = entry_from_results(results, entry_id=entry_id or default_entry_id(results), tolerance=tolerance, backbone=backbone,
-                               model_key=key, tiny_pretrain_steps=steps)
-    if results.model.name_or_path == "tiny" and steps is None:
+                               model_key=key, tiny_pretrain_steps=steps, predictions_sha256=predictions_sha256(run_dir))
+    if results.model.name_or_path == "tiny" and key is None:
         raise ConfigError(f"cannot tell which tiny pre-training run {results.run_id} used (not in the cache {os.environ.get('VQA_OOD_BENCH_CACHE', 'default')}); "
                           "add it on the machine and cache that made the run")
     path = target_dir / "submitted" / f"{entry.entry_id}.json"
@@ -107,12 +114,16 @@ def export(
     suite: Annotated[Optional[str], typer.Option("--suite", help="Only this suite's entries.")] = None,
     folder: DirOpt = None,
 ) -> None:
-    """All entries as one JSON file (full entries) or a CSV table (one row per entry, one column per split)."""
-    from ..report.leaderboard import by_suite, export_csv, export_json, load_entries
+    """All entries as one JSON file (full entries) or a CSV table (one row per entry, one column per split).
+
+    Entries come group by group (suite, metric, variant), each sorted by OOD average; the CSV's
+    ``group`` and ``rank`` columns say which group and the rank within it.
+    """
+    from ..report.leaderboard import by_group, export_csv, export_json, load_entries
 
     if fmt not in ("json", "csv"):
         raise ConfigError(f"unknown export format {fmt!r}; known: json, csv")
-    entries = [e for group in by_suite(e for _, e in load_entries(_dir(folder), suite=suite)).values() for e in group]
+    entries = [e for group in by_group(e for _, e in load_entries(_dir(folder), suite=suite)).values() for e in group]
     (export_json if fmt == "json" else export_csv)(entries, out)
     typer.echo(f"wrote {len(entries)} entries to {out}")
 
@@ -123,7 +134,7 @@ def html_page(
     suite: Annotated[Optional[str], typer.Option("--suite", help="Only this suite's entries.")] = None,
     folder: DirOpt = None,
 ) -> None:
-    """A self-contained static page: one section per suite, sortable table, ID-vs-OOD scatter."""
+    """A self-contained static page: one section per suite, metric and variant, sortable table, ID-vs-OOD scatter."""
     from ..report.leaderboard import load_entries
     from ..report.leaderboard_html import write_html
 

@@ -29,7 +29,7 @@ def run(
     data_root: DataRootOpt = None,
     seed: SeedOpt = 0,
     out: OutOpt = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON run config; command-line options given explicitly override it.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON run config file, or a packaged config by name (embedded, paper/vqa-digrap, …); command-line options given explicitly override it.")] = None,
     variant: VariantOpt = "official",
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="Training epochs (> 0); replaces the config's step budget (default: the config's; with --limit and no --config: 1).", callback=positive_number)] = None,
     limit: LimitOpt = None,

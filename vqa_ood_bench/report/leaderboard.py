@@ -11,13 +11,14 @@ tables, ``clipmatch_top1`` for DomainNet-oVQA, ``exact_match`` for top-1 classif
 accuracy).
 
 Where entries live (``default_dir``): ``$VQA_OOD_BENCH_LEADERBOARDS`` if set, else
-``./leaderboards`` if that folder exists, else the ``leaderboards/`` folder of the source
-checkout the package was imported from. Entries are found recursively (``**/*.json``); the
+``./leaderboards`` if that folder exists, else the entries packaged with vqa_ood_bench
+(``vqa_ood_bench/leaderboards/``: the paper's and the submitted ones). Entries are found recursively (``**/*.json``); the
 file name (without ``.json``) must equal the entry's ``entry_id``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -110,6 +111,9 @@ class LeaderboardEntry(_Strict):
     tolerance: float = Field(1.0, ge=0)  # percentage points a re-run may differ by, per split
     reproductions: list[Reproduction] = Field(default_factory=list)
     reported_extras: dict[str, float] = Field(default_factory=dict)  # other numbers the source printed
+    # Submitted runs: SHA-256 of each predictions file (path relative to the run folder) that
+    # ``leaderboard add`` re-scored, so the numbers can be traced to the exact files. None: not a run.
+    predictions_sha256: Optional[dict[str, str]] = None
     notes: list[str] = Field(default_factory=list)
 
     @field_validator("entry_id")
@@ -201,22 +205,26 @@ def write_entry(entry: LeaderboardEntry, path: str | Path) -> Path:
 def entry_json(entry: LeaderboardEntry) -> str:
     """The entry as JSON, splits without their empty fields (so a file stays small and readable)."""
     data = entry.model_dump(mode="json")
+    if data["predictions_sha256"] is None:  # entries made before add hashed predictions keep their bytes
+        del data["predictions_sha256"]
     data["splits"] = {name: {k: v for k, v in s.items() if v not in (None, {}, "")} for name, s in data["splits"].items()}
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
-def default_dir() -> Path:
-    """``$VQA_OOD_BENCH_LEADERBOARDS``, else ``./leaderboards`` if present, else the source checkout's."""
+def default_dir(*, writable: bool = False) -> Path:
+    """``$VQA_OOD_BENCH_LEADERBOARDS``, else ``./leaderboards`` if present, else the packaged entries
+    (``vqa_ood_bench/leaderboards``, read-only use: with ``writable`` there is no such fallback and
+    a ConfigError says so, so that a new entry is not written into the installed package)."""
     env = os.environ.get(ENV_DIR)
     if env:
         return Path(env)
     here = Path("leaderboards")
     if here.is_dir():
         return here
-    bundled = Path(__file__).resolve().parents[2] / "leaderboards"
-    if bundled.is_dir():
-        return bundled
-    raise ConfigError(f"no leaderboards folder: pass --dir DIR, set ${ENV_DIR}, or run from the repository root")
+    packaged = Path(__file__).resolve().parents[1] / "leaderboards"
+    if packaged.is_dir() and not writable:
+        return packaged
+    raise ConfigError(f"no leaderboards folder{' to write to' if writable else ''}: pass --dir DIR, set ${ENV_DIR}, or create ./leaderboards")
 
 
 def entry_paths(folder: str | Path) -> list[Path]:
@@ -265,6 +273,32 @@ def by_suite(entries: Iterable[LeaderboardEntry]) -> dict[str, list[LeaderboardE
     return {s: sorted(groups[s], key=sort_key) for s in sorted(groups)}
 
 
+GroupKey = tuple[str, str, str]  # (suite, metric, variant)
+
+
+def group_key(entry: LeaderboardEntry) -> GroupKey:
+    return (entry.suite, entry.metric, entry.variant)
+
+
+def group_title(key: GroupKey) -> str:
+    """``paper-vqa · VQA accuracy (lavis)``: what a table's numbers are, in its title."""
+    suite, metric, variant = key
+    return f"{suite} · {METRIC_LABELS.get(metric, metric)} ({variant})"
+
+
+def by_group(entries: Iterable[LeaderboardEntry]) -> dict[GroupKey, list[LeaderboardEntry]]:
+    """Entries grouped by (suite, metric, variant) in that order, each group sorted by OOD average.
+
+    Every view ranks within one group only: the same predictions score differently under the
+    official, LAVIS and lenient VQA accuracy (or another metric), so such numbers never share
+    a column.
+    """
+    groups: dict[GroupKey, list[LeaderboardEntry]] = {}
+    for e in entries:
+        groups.setdefault(group_key(e), []).append(e)
+    return {k: sorted(groups[k], key=sort_key) for k in sorted(groups)}
+
+
 def split_columns(entries: Sequence[LeaderboardEntry]) -> list[str]:
     """Split names ordered ID, near, far, each in first-seen order."""
     order = {"id": 0, "near": 1, "far": 2}
@@ -286,8 +320,38 @@ def _backbone_name(results: RunResults, tiny_pretrain_steps: Optional[int]) -> s
     return f"tiny PaliGemma ({results.model.content_hash}, shipped)"
 
 
+def predictions_sha256(run_dir: str | Path) -> dict[str, str]:
+    """SHA-256 of every ``predictions/*.jsonl`` of a run folder, keyed by its path relative to the folder."""
+    run_dir = Path(run_dir)
+    return {p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((run_dir / "predictions").glob("*.jsonl"))}
+
+
+RESCORE_TOLERANCE = 1e-6  # percentage points; results files store rounded scores, re-scoring rounds alike
+
+
+def check_rescored(run_dir: str | Path, results: RunResults, *, data_root: Optional[str | Path] = None) -> list[str]:
+    """Re-score the run's predictions files with its own variant; refuse numbers they do not give.
+
+    A submitted results.json is a claim: its splits with predictions must come out the same
+    (within :data:`RESCORE_TOLERANCE`) from the package's scorer, or a hand-edited number
+    would enter the leaderboard. Splits without a predictions file cannot be checked and are
+    taken as they are. Returns the re-scorer's warnings (e.g. a changed suite version).
+    """
+    from ..score.rescore import rescore_run
+
+    rr = rescore_run(run_dir, data_root=data_root, write=False)
+    for name in rr.scores:
+        claimed, measured = results.splits[name].vqa_accuracy, rr.results.splits[name].vqa_accuracy
+        if claimed is None or measured is None or abs(claimed - measured) > RESCORE_TOLERANCE:
+            raise ConfigError(f"run {str(run_dir)!r}: split {name!r} has vqa_accuracy {claimed} in results.json, but its predictions "
+                              f"re-score to {measured} ({results.scoring_variant} variant); not adding it")
+    return rr.warnings
+
+
 def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float = 1.0, backbone: Optional[str] = None,
-                       model_key: Optional[str] = None, tiny_pretrain_steps: Optional[int] = None) -> LeaderboardEntry:
+                       model_key: Optional[str] = None, tiny_pretrain_steps: Optional[int] = None,
+                       predictions_sha256: Optional[dict[str, str]] = None) -> LeaderboardEntry:
     """A submitted (not yet re-measured) entry from a run's results, carrying its full config."""
     splits = {
         name: EntrySplit(**s.model_dump(exclude={"predictions_file"}), label=name)
@@ -327,6 +391,7 @@ def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float =
         tiny_pretrain_steps=tiny_pretrain_steps,
         data=data,
         tolerance=tolerance,
+        predictions_sha256=predictions_sha256,
     )
 
 
@@ -342,25 +407,33 @@ def default_entry_id(results: RunResults) -> str:
 
 
 def entries_frame(entries: Sequence[LeaderboardEntry]):
-    """One row per entry: identity, averages, then one ``split:NAME`` column per split (the entry's metric)."""
+    """One row per entry: group and rank in it, identity, averages, then one ``split:NAME`` column per split.
+
+    Rows come group by group (:func:`by_group`); ``rank`` counts within the group only.
+    """
     import pandas as pd
 
     rows = []
-    for e in entries:
-        row: dict[str, Any] = {
-            "entry_id": e.entry_id, "method": e.method, "backbone": e.backbone, "adapter": e.adapter, "task": e.task,
-            "suite": e.suite, "suite_version": e.suite_version, "metric": e.metric, "variant": e.variant,
-            "status": e.status, "verdict": e.verdict(), "source": e.source, "package_version": e.package_version,
-            "model_id": e.model_id, "tolerance": e.tolerance,
-            "avg_id": e.averages.id, "avg_near_ood": e.averages.near_ood, "avg_far_ood": e.averages.far_ood, "avg_ood": e.averages.ood,
-        }
-        for name in e.splits:
-            row[f"split:{name}"] = e.value(name)
-        rows.append(row)
+    for key, group in by_group(entries).items():
+        rows += [_frame_row(e, group_title(key), rank) for rank, e in enumerate(group, 1)]
     columns = list(rows[0]) if rows else []
     for r in rows:  # union of split columns, in first-seen order
         columns += [c for c in r if c not in columns]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _frame_row(e: LeaderboardEntry, group: str, rank: int) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "group": group, "rank": rank,
+        "entry_id": e.entry_id, "method": e.method, "backbone": e.backbone, "adapter": e.adapter, "task": e.task,
+        "suite": e.suite, "suite_version": e.suite_version, "metric": e.metric, "variant": e.variant,
+        "status": e.status, "verdict": e.verdict(), "source": e.source, "package_version": e.package_version,
+        "model_id": e.model_id, "tolerance": e.tolerance,
+        "avg_id": e.averages.id, "avg_near_ood": e.averages.near_ood, "avg_far_ood": e.averages.far_ood, "avg_ood": e.averages.ood,
+    }
+    for name in e.splits:
+        row[f"split:{name}"] = e.value(name)
+    return row
 
 
 def export_json(entries: Sequence[LeaderboardEntry], path: str | Path) -> Path:

@@ -44,11 +44,20 @@ CACHE_FORMAT = 1
 Template = Union[str, Callable[[str], str]]
 
 
+def _import_open_clip() -> Any:
+    """open_clip, an optional dependency (the ``clipmatch`` extra)."""
+    try:
+        import open_clip
+    except ImportError:
+        raise ConfigError("ClipMatch needs open_clip, which is not installed: pip install 'vqa-ood-bench[clipmatch]'") from None
+    return open_clip
+
+
 def template_set(name: str) -> tuple[str, ...]:
     """Named template sets as format strings with one ``{}``."""
     if name == "none":
         return ("{}",)
-    import open_clip
+    open_clip = _import_open_clip()
 
     sets = {"openai_imagenet": open_clip.OPENAI_IMAGENET_TEMPLATES, "simple_imagenet": open_clip.SIMPLE_IMAGENET_TEMPLATES}
     if name not in sets:
@@ -155,8 +164,9 @@ class OpenClipTextEmbedder:
     def _load(self) -> None:
         if self._model is not None:
             return
-        import open_clip
         import torch
+
+        open_clip = _import_open_clip()
 
         if self.config_dir is not None:
             if not self.config_dir.exists():

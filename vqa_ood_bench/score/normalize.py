@@ -1,6 +1,6 @@
 """Answer normalisation of the VQA evaluation (Antol et al.; GT-Vision-Lab ``vqaEval.py``).
 
-Three steps, described in ``docs/vqa-accuracy.md``:
+Three steps, described in ``docs/vqa-accuracy.md`` ("Answer normalisation"):
 
 1. :func:`clean_whitespace` - newlines and tabs to spaces, strip.
 2. :func:`process_punctuation` - the 21 punctuation characters are deleted (when the string

@@ -57,7 +57,7 @@ def load_hub_rows(hub_id: str, hub_split: str, *, revision: str | None = None, s
     try:
         import datasets  # noqa: PLC0415 - optional, heavy
     except ImportError:
-        raise ConfigError("source='hub' needs the 'datasets' package (pip install datasets)") from None
+        raise ConfigError("source='hub' needs the 'datasets' package: pip install 'vqa-ood-bench[hub]'") from None
     try:
         return datasets.load_dataset(hub_id, split=hub_split, revision=revision, streaming=streaming)
     except Exception as exc:  # offline, unknown id, missing split, auth: all one clear message
