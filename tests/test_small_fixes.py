@@ -332,3 +332,19 @@ def test_clipmatch_without_open_clip_names_the_extra(monkeypatch):
     with pytest.raises(ConfigError, match=r"pip install 'vqa-ood-bench\[clipmatch\]'"):
         template_set("openai_imagenet")
     assert template_set("none") == ("{}",)  # no open_clip needed
+
+
+def test_model_selection_keeps_its_best_weights_in_host_memory():
+    import torch
+
+    from vqa_ood_bench.train.engine import _trainable_state
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    model[1].weight.requires_grad_(False)
+    best = _trainable_state(model)
+    assert set(best) == {"0.weight", "0.bias", "1.bias"}  # trainable only
+    assert all(t.device.type == "cpu" for t in best.values())
+    before = best["0.weight"].clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # training goes on: the kept copy must not follow
+    assert torch.equal(best["0.weight"], before)
