@@ -152,8 +152,10 @@ def test_native_ftp_step_matches_eager_step(kw, counted):
             assert float(rownorms.max()) <= radii[i] * (1 + 1e-4) + 1e-6
             assert radii[i] > 1e-4 and float(rownorms.max()) >= 0.5 * radii[i]  # it projected, to a radius it learned
     om_ref = opts[0].radii()
+    ulp = torch.finfo(torch.float32).eps
     for key, gam in radii.items():
-        assert abs(gam - om_ref[key]) <= 2 * abs(opts[1].radii()[key] - om_ref[key]) + 1e-8, key
+        # a radius is one float32 scalar: the two float32 paths may round it a couple of ulps apart
+        assert abs(gam - om_ref[key]) <= 2 * abs(opts[1].radii()[key] - om_ref[key]) + 2 * ulp * abs(gam) + 1e-8, key
 
 
 def test_native_resume_is_bit_identical(counted):
@@ -237,3 +239,27 @@ def test_ninja_from_the_wheel_is_put_on_path(monkeypatch):
     first = os.environ["PATH"].split(os.pathsep)[0]
     assert first == ninja.BIN_DIR
     assert (Path(first) / "ninja").exists()
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["eager", "c++"])
+def test_float32_adam_step_is_as_close_to_float64_as_torch_adam(native, counted):
+    """With no projection, DiGraP's float32 step is Adam's: as close to Adam in float64 as
+    torch's own float32 Adam is. Bias corrections and 1 - beta computed in float32 (as they
+    were) put the step 1e-5 (relative) off, some 50 times torch's rounding error here."""
+    p64 = [torch.nn.Parameter(p.detach().double()) for p in make_params()]
+    p_torch, p_ours = make_params(), make_params()
+    ref = torch.optim.Adam(p64, lr=0.05)
+    torch32 = torch.optim.Adam(p_torch, lr=0.05, foreach=False)
+    ours = DiGraP(p_ours, lr=0.05, base="adam", omega=0.0, two_sided=0.0, compile=True, native=native)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(6):
+        for r, a, b in zip(p64, p_torch, p_ours):
+            g = torch.randn(r.shape, generator=gen, dtype=torch.float64)
+            r.grad, a.grad, b.grad = g, g.float(), g.float()
+        for opt in (ref, torch32, ours):
+            opt.step()
+    assert (counted["n"] > 0) == native  # the C++ step ran exactly when asked
+    for i, (r, a, b) in enumerate(zip(p64, p_torch, p_ours)):
+        err_torch = (a.double() - r).abs().max().item()
+        err_ours = (b.double() - r).abs().max().item()
+        assert err_ours <= 2 * err_torch + 1e-9, (i, err_ours, err_torch)

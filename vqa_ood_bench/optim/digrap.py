@@ -42,7 +42,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import _kernels as K
 from ._bucketed import BucketedBase, base_hparams, rows
-from ._common import Bucket, Gathered, Layout, scalar_adam
+from ._common import Bucket, Gathered, Layout, bias_correction, scalar_adam
 
 __all__ = ["DiGraP"]
 
@@ -304,8 +304,8 @@ def _stats_coef(table: Tensor, cfg: _Config) -> Tensor:
     zero, one = torch.zeros_like(t), torch.ones_like(t)
     if cfg.base == "sgd":
         return torch.stack([torch.where(has_prev, prev_lr, zero), zero, zero, c_prev], 1)
-    k1 = torch.where(has_prev, prev_lr / (1.0 - torch.pow(cfg.beta1, t)), zero)
-    k2 = torch.where(has_prev, 1.0 / (1.0 - torch.pow(cfg.beta2, t)), one)
+    k1 = torch.where(has_prev, prev_lr / bias_correction(cfg.beta1, t), zero)
+    k2 = torch.where(has_prev, 1.0 / bias_correction(cfg.beta2, t), one)
     k3 = torch.where(has_prev, 1.0 / prev_decay, one)
     return torch.stack([k1, k2, k3, c_prev], 1)
 
@@ -350,7 +350,7 @@ def _scalars(stats: Tensor, table: Tensor, act: Tensor, lr: Tensor, cfg: _Config
         decay = 1.0 - lr_v * wd if cfg.base == "adamw" else one
         wdc = wd if cfg.base == "adam" else 0.0
         cupd = torch.stack(
-            [a, bcoef, lr_v / (1.0 - torch.pow(cfg.beta1, tn)), 1.0 / (1.0 - torch.pow(cfg.beta2, tn)),
+            [a, bcoef, lr_v / bias_correction(cfg.beta1, tn), 1.0 / bias_correction(cfg.beta2, tn),
              decay, torch.full_like(d, wdc), act], 1,
         )
     return cupd, torch.stack([tn, om, om_m, om_v, c, lr_v, decay], 1)

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from . import _kernels as K
 from ._bucketed import BucketedBase, base_hparams, rows
-from ._common import Bucket, Gathered, Layout, scalar_adam
+from ._common import Bucket, Gathered, Layout, bias_correction, scalar_adam
 
 __all__ = ["FTP"]
 
@@ -241,7 +241,7 @@ def _candidate_coef(table: Tensor, act: Tensor, lr: Tensor, cfg: _Config) -> Ten
     decay = 1.0 - lr_v * wd if cfg.base == "adamw" else torch.ones_like(t)
     wdc = wd if cfg.base == "adam" else 0.0
     return torch.stack(
-        [lr_v / (1.0 - torch.pow(cfg.beta1, tn)), 1.0 / (1.0 - torch.pow(cfg.beta2, tn)), decay,
+        [lr_v / bias_correction(cfg.beta1, tn), 1.0 / bias_correction(cfg.beta2, tn), decay,
          torch.full_like(t, wdc), act], 1,
     )
 

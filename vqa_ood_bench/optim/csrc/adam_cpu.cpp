@@ -95,7 +95,9 @@ VOB_MULTIVERSION void stats_chunk(const StatsArgs& a, bool prev, int64_t lo, int
 struct UpdateArgs {
   const float *g, *p0;
   float *p, *m, *v;
-  float a, b, lr_bc1, bc2, decay, wdc, beta1, beta2, eps;
+  // om1 = 1 - beta1 and om2 = 1 - beta2 come in computed in double, as torch's Adam takes them:
+  // 1.f - float(0.999) is 1.3e-5 off 0.001 in relative terms
+  float a, b, lr_bc1, bc2, decay, wdc, om1, beta2, om2, eps;
 };
 
 // Adam(W) with the applied gradient a*g + b*D + wdc*theta (D = theta - theta0, or theta
@@ -108,7 +110,7 @@ VOB_INLINE void update_body(const UpdateArgs& u, int64_t lo, int64_t hi) {
   float* __restrict M = u.m;
   float* __restrict V = u.v;
   const float a = u.a, b = u.b, lr_bc1 = u.lr_bc1, bc2 = u.bc2, decay = u.decay, wdc = u.wdc;
-  const float beta2 = u.beta2, om1 = 1.f - u.beta1, om2 = 1.f - u.beta2, eps = u.eps;
+  const float beta2 = u.beta2, om1 = u.om1, om2 = u.om2, eps = u.eps;
 #pragma omp simd
   for (int64_t i = lo; i < hi; ++i) {
     const float p = P[i];
@@ -132,7 +134,7 @@ VOB_MULTIVERSION void update_chunk(const UpdateArgs& u, int64_t lo, int64_t hi) 
 struct FtpArgs {
   const float *g, *p0;
   float *p, *m, *v, *cprev;
-  float lr_bc1, bc2, decay, wdc, beta1, beta2, eps;
+  float lr_bc1, bc2, decay, wdc, om1, beta2, om2, eps;  // om1, om2: as in UpdateArgs
 };
 
 // Adam(W)'s candidate step at element i: the new moments and c = theta_new - theta0
@@ -153,7 +155,7 @@ struct FtpArgs {
   float* __restrict V = f.v;                                                             \
   float* __restrict CP = f.cprev;                                                        \
   const float lr_bc1 = f.lr_bc1, bc2 = f.bc2, decay = f.decay, wdc = f.wdc, eps = f.eps; \
-  const float beta2 = f.beta2, om1 = 1.f - f.beta1, om2 = 1.f - f.beta2;
+  const float beta2 = f.beta2, om1 = f.om1, om2 = f.om2;
 
 // sums over [lo, hi) of one row: |c|_1, |c_prev|_1, <g, c_prev> (nothing is written)
 template <bool ANCHOR>
@@ -317,7 +319,7 @@ torch::Tensor digrap_adam_step(const torch::Tensor& g, const torch::Tensor& p, c
   UpdateArgs u{g.data_ptr<float>(), reads_anchor ? p0->data_ptr<float>() : nullptr, p.data_ptr<float>(),
                m.data_ptr<float>(), v.data_ptr<float>(), float(a), float(b),
                float(hp.lr / (1.0 - std::pow(hp.beta1, tn))), float(1.0 / (1.0 - std::pow(hp.beta2, tn))),
-               float(decay), float(wdc), float(hp.beta1), float(hp.beta2), float(hp.eps)};
+               float(decay), float(wdc), float(1.0 - hp.beta1), float(hp.beta2), float(1.0 - hp.beta2), float(hp.eps)};
   // backwards in kBackPiece pieces (see there)
   at::parallel_for(0, n, kUpdateGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t e = hi; e > lo; e -= kBackPiece) update_chunk(u, std::max(lo, e - kBackPiece), e);
@@ -357,8 +359,8 @@ torch::Tensor ftp_adam_step(const torch::Tensor& g, const torch::Tensor& p, cons
   const double decay = decoupled ? 1.0 - lr * wd : 1.0;
   FtpArgs f{g.data_ptr<float>(), p0 ? p0->data_ptr<float>() : nullptr, p.data_ptr<float>(), m.data_ptr<float>(),
             v.data_ptr<float>(), cprev.data_ptr<float>(), float(lr / (1.0 - std::pow(beta1, tn))),
-            float(1.0 / (1.0 - std::pow(beta2, tn))), float(decay), float(decoupled ? 0.0 : wd), float(beta1),
-            float(beta2), float(eps)};
+            float(1.0 / (1.0 - std::pow(beta2, tn))), float(decay), float(decoupled ? 0.0 : wd), float(1.0 - beta1),
+            float(beta2), float(1.0 - beta2), float(eps)};
 
   // statistics: row norms |c_r|_1 + 1e-8, their max, and sum_r <g_r, c_prev_r> / (|c_prev_r|_1 + 1e-8)
   const RowTasks rt(n, rows);
