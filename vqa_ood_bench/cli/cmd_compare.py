@@ -90,39 +90,19 @@ def check_comparable(a: Any, b: Any) -> list[str]:
     return sa
 
 
-def load_run_scores(path: Path, results: Any, splits: list[str], *, data_root: Optional[Path], cache: dict) -> RunScores:
+def load_run_scores(path: Path, results: Any, splits: list[str], *, data_root: Optional[Path]) -> RunScores:
     """Re-derive per-question scores of ``splits`` from the run's predictions (its own variant)."""
-    from ..data.suite import get_suite
-    from ..io import safe_join
-    from ..score.rescore import RESULTS_FILE, load_prediction_map
-    from ..score.vqa_accuracy import check_variant, score_records
+    from ..score.rescore import RESULTS_FILE, rescore_run
 
-    variant = check_variant(results.scoring_variant)
-    root = data_root if data_root is not None else results.config.get("data_root")
-    limit = results.config.get("limit")
-    suite = get_suite(results.suite)
-    ids: dict[str, list[str]] = {}
-    scores: dict[str, np.ndarray] = {}
-    for name in splits:
-        split = results.splits[name]
-        if not split.predictions_file:
-            raise DataError(
-                f"split {name!r} has a VQA accuracy but no predictions file; compare needs per-question predictions",
-                path=path / RESULTS_FILE,
-            )
-        pred_path = safe_join(path, split.predictions_file, record=name)
-        key = (name, str(root), limit)
-        if key not in cache:
-            cache[key] = suite.load(suite.split(name), root, limit=limit)
-        records = cache[key]
-        predictions = load_prediction_map(pred_path, records, split=name, limit=limit)
-        try:
-            acc = score_records(records, predictions, variant)
-        except DataError as exc:
-            raise DataError(f"split {name!r}: {exc}", path=pred_path) from None
-        ids[name] = [r.question_id for r in records]
-        scores[name] = acc.scores
-    return RunScores(path=path, results=results, ids=ids, scores=scores)
+    rr = rescore_run(path, data_root=data_root, splits=splits, write=False)
+    missing = [name for name in splits if name not in rr.scores]
+    if missing:
+        raise DataError(
+            f"split {missing[0]!r} has a VQA accuracy but no predictions file; compare needs per-question predictions",
+            path=path / RESULTS_FILE,
+        )
+    return RunScores(path=path, results=results, ids={n: rr.scores[n].question_ids for n in splits},
+                     scores={n: rr.scores[n].vqa.scores for n in splits})
 
 
 def align(a: RunScores, b: RunScores) -> None:
@@ -176,9 +156,8 @@ def compare_runs(
         raise ConfigError(f"--confidence must be between 0 and 1 (exclusive), got {confidence}")
     ra, rb = _read_run(run_a, "A"), _read_run(run_b, "B")
     splits = check_comparable(ra, rb)
-    cache: dict = {}
-    a = load_run_scores(run_a, ra, splits, data_root=data_root, cache=cache)
-    b = load_run_scores(run_b, rb, splits, data_root=data_root, cache=cache)
+    a = load_run_scores(run_a, ra, splits, data_root=data_root)
+    b = load_run_scores(run_b, rb, splits, data_root=data_root)
     align(a, b)
 
     warnings = _drift_warnings("A", a) + _drift_warnings("B", b)

@@ -48,6 +48,7 @@ class SplitScore:
 
     name: str
     vqa: VQAAccuracy
+    question_ids: list[str] = field(default_factory=list)  # the order of ``vqa.scores``
     answer_types: list[str] = field(default_factory=list)
     question_types: list[str] = field(default_factory=list)
     clipmatch_top1: Optional[float] = None
@@ -139,6 +140,7 @@ def score_split(
     out = SplitScore(
         name=name,
         vqa=vqa,
+        question_ids=[r.question_id for r in records],
         answer_types=[r.answer_type for r in records],
         question_types=[r.question_type for r in records],
     )
