@@ -32,7 +32,7 @@ from vqa_ood_bench.data.registry import DATASETS, register_dataset
 from vqa_ood_bench.data.suite import SUITES, SplitSpec, Suite, register_suite
 from vqa_ood_bench.errors import DataError
 from vqa_ood_bench.predict.jsonl import PredictionWriter, read_predictions
-from vqa_ood_bench.report.leaderboard import by_suite, entry_from_results, load_entries, write_entry
+from vqa_ood_bench.report.leaderboard import by_group, entry_from_results, load_entries, write_entry
 from vqa_ood_bench.report.schema import ModelInfo, RunResults, SplitResult, compute_averages, read_results, write_results
 from vqa_ood_bench.report.table import leaderboard_table, results_table
 
@@ -297,7 +297,7 @@ def test_results_table_never_cuts_a_number(width):
 
 def test_leaderboard_table_never_cuts_a_number_at_80_columns():
     entries = [e for _, e in load_entries(BOARD / "paper", suite="paper-vqa")]
-    (name, group), = by_suite(entries).items()
+    ((name, _, _), group), = by_group(entries).items()
     console = Console(width=80, record=True, file=io.StringIO())
     console.print(leaderboard_table(name, group, with_splits=True))
     text = console.export_text()

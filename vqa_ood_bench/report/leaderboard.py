@@ -265,14 +265,6 @@ def sort_key(entry: LeaderboardEntry) -> tuple:
     return (ood is None, -(ood or 0.0), -(idv or 0.0), entry.entry_id)
 
 
-def by_suite(entries: Iterable[LeaderboardEntry]) -> dict[str, list[LeaderboardEntry]]:
-    """Entries grouped by suite (suites in name order), each group sorted by OOD average."""
-    groups: dict[str, list[LeaderboardEntry]] = {}
-    for e in entries:
-        groups.setdefault(e.suite, []).append(e)
-    return {s: sorted(groups[s], key=sort_key) for s in sorted(groups)}
-
-
 GroupKey = tuple[str, str, str]  # (suite, metric, variant)
 
 
