@@ -16,10 +16,10 @@ previous step hit them alike); case (c) takes at least 30 steps per row. State b
     OMP_NUM_THREADS=2 python benchmarks/bench_optim.py [--steps 10] [--no-compile] [--json]
 
 Goals (issue 4): DiGraP step <= 2x fused AdamW for (a) and (b); whole training step
-<= 1.05x vanilla; DiGraP state <= AdamW's + the anchor copy. In (a), "(compiled)" rows
-step the large tensors with the C++ loops of vqa_ood_bench/optim/_native.py (built on first
-use) and "(inductor)" rows with the torch.compile kernels only; row "floor" is
-fused AdamW plus one read of the five tensors DiGraP's statistics pass needs (see MemoryFloor).
+<= 1.05x vanilla; DiGraP state <= AdamW's + the anchor copy. "(compiled)" rows run the
+torch.compile kernels (the optimizers' fast path), "(eager)" rows the same kernels uncompiled;
+row "floor" is fused AdamW plus one read of the five tensors DiGraP's statistics pass needs
+(see MemoryFloor).
 """
 
 from __future__ import annotations
@@ -106,9 +106,8 @@ class MemoryFloor:
     and its update moves as much memory as AdamW's when no tensor projects. This row makes
     the reading pass over all tensors and then the update over all tensors, so it is the
     limit of that order, where nothing read in the first pass is still in cache for the
-    second. DiGraP's C++ step (row "compiled") runs both passes tensor by tensor, and a tensor
-    whose five streams fit in the last-level cache is read from there the second time: it
-    can beat this row."""
+    second. DiGraP's compiled step runs both passes tensor by tensor, so a tensor whose five
+    streams fit in the last-level cache is read from there the second time."""
 
     def __init__(self, params: list[torch.nn.Parameter], compile_: bool):
         self.adamw = torch.optim.AdamW(params, lr=1e-4, fused=True)
@@ -135,16 +134,11 @@ def optimizer_rows(shapes, anchor: str, steps: int, warmup: int, compile_: bool)
     makers.append(("DiGraP adam (eager)", lambda ps: DiGraP(ps, lr=1e-4, mu=0.5, anchor=anchor)))
     if compile_:
         makers.append(("DiGraP adam (compiled)", lambda ps: DiGraP(ps, lr=1e-4, mu=0.5, anchor=anchor, compile=True)))
-        if anchor == "pretrained":  # LoRA factors are bucketed: they never take the C++ loops
-            makers.append(("DiGraP adam (inductor)",
-                           lambda ps: DiGraP(ps, lr=1e-4, mu=0.5, anchor=anchor, compile=True, native=False)))
     if fused and anchor == "pretrained":
         makers.append(("floor: fused + 5 reads", lambda ps: MemoryFloor(ps, compile_)))
     makers.append(("FTP adamw (eager)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor)))
     if compile_:
         makers.append(("FTP adamw (compiled)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor, compile=True)))
-        if anchor == "pretrained":
-            makers.append(("FTP adamw (inductor)", lambda ps: FTP(ps, lr=1e-4, anchor=anchor, compile=True, native=False)))
     opts = [make(make_params(shapes)) for _name, make in makers]
     timed = time_alternating([opt.step for opt in opts], steps, warmup)
     rows = [dict(optimizer=name, first_s=first, step_ms=med * 1e3, state_bytes=state_bytes(opt))  # type: ignore[arg-type]

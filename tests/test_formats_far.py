@@ -59,10 +59,11 @@ def test_vizwiz_bare_list_no_answer_id_and_empty_answers(root: Path) -> None:
     assert r0.answer_type == "unanswerable" and r0.meta["answerable"] == 0
     assert r0.image_path == root / "vizwiz" / "val" / "VizWiz_val_00000000.jpg"
     r1 = recs["VizWiz_val_00000001"]
-    # the two empty strings are dropped (order of the rest kept) and counted
-    assert r1.answers == ["left", "blue", "left", "left", "left one", "left", "left", "left"]
-    assert r1.meta["empty_answers_dropped"] == 2 and r1.meta["answerable"] == 1
-    assert report.answers_dropped == 2
+    # the two empty strings are kept in place, as the official VizWiz evaluation scores all ten
+    # answers (docs/vqa-accuracy.md), and counted in meta; nothing is dropped
+    assert r1.answers == ["left", "blue", "", "left", "left", "", "left one", "left", "left", "left"]
+    assert r1.meta["empty_answers"] == 2 and r1.meta["answerable"] == 1
+    assert r0.meta["empty_answers"] == 0
     # the question whose ten answers are all empty is skipped, counted, with its reason
     assert [(s.record, s.known) for s in report.skipped] == [("VizWiz_val_00000002", True)]
     assert "all answers empty" in report.skipped[0].reason
@@ -159,8 +160,9 @@ def test_hub_rows_become_records(monkeypatch: pytest.MonkeyPatch) -> None:
     recs, _, report = load("vizwiz", None, source="hub")
     assert calls[0][0] == ("lmms-lab/VizWiz-VQA",) and calls[0][1]["split"] == "val"
     r = recs["VizWiz_val_00000007"]
-    assert r.answers == ["red", "red"] and r.image is img and r.meta["answerable"] == 1
-    assert report.answers_dropped == 1
+    # the empty answer is kept, as in the file loader
+    assert r.answers == ["red", "", "red"] and r.image is img and r.meta["answerable"] == 1
+    assert r.meta["empty_answers"] == 1
 
 
 def test_hub_failure_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ def test_unknown_config_lists_the_packaged_names(tmp_path, monkeypatch, capsys):
         load_config("paper/nosuch")
     assert main(["run", "--config", "nosuch", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and "embedded, paper/" in err
+    assert "Traceback" not in err and err.count("\n") == 1 and "embedded, " in err and "paper/vqa-digrap" in err
 
 
 def test_default_leaderboards_folder(tmp_path, monkeypatch):

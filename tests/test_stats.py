@@ -1,7 +1,8 @@
-"""report.stats (intervals, paired tests, seed summaries) and ``vqa-ood-bench compare``.
+"""report.stats (intervals, paired tests, seed groups, seed summaries) and ``vqa-ood-bench compare``.
 
-Coverage is checked by simulation, p-values against scipy.stats.permutation_test, and the
-compare command on run folders of the embedded suite built here (offline)."""
+Coverage is checked by simulation, p-values against scipy.stats.permutation_test (paired runs)
+and scipy's t tests (seed groups, in the cases where the test reduces to one), and the compare
+command on run folders of the embedded suite built here (offline)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from vqa_ood_bench.report.schema import ModelInfo, RunResults, SplitResult, comp
 from vqa_ood_bench.report.stats import (
     average_accuracy,
     average_interval,
+    group_difference,
     paired_average_difference,
     paired_difference,
     seed_summary,
@@ -181,6 +183,84 @@ def test_paired_average_difference() -> None:
     # One split: the same as paired_difference.
     one = paired_average_difference(a, b, ["s"])
     assert one == paired_difference(a["s"], b["s"])
+
+
+# --- group_difference: seeds and questions -------------------------------------------------
+
+def test_group_difference_by_hand() -> None:
+    # Two seeds, three questions, A scores 0 everywhere, B = d:
+    #   d = [[1, 1, 0], [1, 0, 0]]: seed means 2/3, 1/3; question means 1, 1/2, 0; mean 1/2.
+    #   s2_seed = 2 (1/6)^2 = 1/18 -> term 1/18 / 2 = 1/36 (df 1)
+    #   s2_q = (1/4 + 0 + 1/4) / 2 = 1/4 -> term 1/4 / 3 = 1/12 (df 2)
+    #   residuals +-1/6 (four) and +-1/3 (two): SS_E = 1/3, MS_E = 1/3 / (1 x 2) = 1/6
+    #   -> term -MS_E / (S Q) = -1/36 (df 2)
+    #   var = 1/36 + 1/12 - 1/36 = 1/12; df = (1/12)^2 / ((1/36)^2 + (1/12)^2 / 2 + (1/36)^2 / 2) = 3/2
+    #   t = (1/2) / sqrt(1/12) = sqrt(3)
+    a = [{"s": [0.0, 0.0, 0.0]}, {"s": [0.0, 0.0, 0.0]}]
+    b = [{"s": [1.0, 1.0, 0.0]}, {"s": [1.0, 0.0, 0.0]}]
+    res = group_difference(a, b, ["s"])
+    se = 100 * math.sqrt(1 / 12)
+    assert res.difference == pytest.approx(50.0) and res.se == pytest.approx(se) and res.df == pytest.approx(1.5)
+    assert res.p_value == pytest.approx(2 * sps.t.sf(math.sqrt(3), 1.5))
+    half = sps.t.ppf(0.975, 1.5) * se
+    assert res.interval == pytest.approx((50.0 - half, 50.0 + half))
+    assert res.per_seed == pytest.approx((100 * 2 / 3, 100 / 3)) and (res.a, res.b) == pytest.approx((0.0, 50.0))
+    assert res.seeds == 2 and res.n == 3 and not res.significant
+
+
+def test_group_difference_reduces_to_scipys_t_tests() -> None:
+    # Every question of a seed differs by the same amount: only the seeds vary, and the test is
+    # the one-sample t test of the per-seed differences.
+    c = np.array([0.02, 0.05, -0.01, 0.04])
+    a = [{"s": np.full(30, 0.5), "t": np.full(10, 0.4)} for _ in c]
+    b = [{"s": np.full(30, 0.5 + x), "t": np.full(10, 0.4 + x)} for x in c]
+    res = group_difference(a, b, ["s", "t"])
+    ref = sps.ttest_1samp(100 * c, 0.0)
+    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-9) and res.df == pytest.approx(3)
+    ci = ref.confidence_interval(0.95)
+    assert res.interval == pytest.approx((ci.low, ci.high), rel=1e-9)
+    # Every seed the same: only the questions vary; the t test of the per-question differences.
+    rng = np.random.default_rng(4)
+    x = rng.random(40)
+    y = np.clip(x + rng.normal(0.03, 0.1, 40), 0, 1)
+    res = group_difference([{"s": x}] * 3, [{"s": y}] * 3, ["s"])
+    ref = sps.ttest_1samp(100 * (y - x), 0.0)
+    assert res.p_value == pytest.approx(ref.pvalue, rel=1e-9) and res.df == pytest.approx(39)
+    ci = ref.confidence_interval(0.95)
+    assert res.interval == pytest.approx((ci.low, ci.high), rel=1e-9)
+
+
+def test_group_difference_interval_covers_by_simulation() -> None:
+    # Each run answers question q right with probability base_q + (B's gain on q) + a shift of
+    # its seed; B's gain on a question is uniform on [-0.1, 0.2], so the difference over the
+    # population of questions and seeds is 5 points exactly; a sample of 60 questions per split
+    # and 3 seeds per side varies around it. The 95% interval must cover 5 about 95% of the time.
+    rng = np.random.default_rng(12)
+    n_sim, q, truth = 600, 60, 5.0
+    covered = 0
+    for _ in range(n_sim):
+        base = {k: rng.uniform(0.2, 0.7, q) for k in ("x", "y")}
+        gain = {k: rng.uniform(-0.1, 0.2, q) for k in ("x", "y")}
+        a_runs, b_runs = [], []
+        for _seed in range(3):
+            sa, sb = rng.uniform(-0.08, 0.08, 2)
+            a_runs.append({k: (rng.random(q) < base[k] + sa).astype(float) for k in base})
+            b_runs.append({k: (rng.random(q) < base[k] + gain[k] + sb).astype(float) for k in base})
+        low, high = group_difference(a_runs, b_runs, ["x", "y"]).interval
+        covered += low <= truth <= high
+    assert 0.92 <= covered / n_sim <= 0.98
+
+
+def test_group_difference_checks_its_input() -> None:
+    one = [{"s": [0.5, 0.5]}]
+    with pytest.raises(ValueError, match="at least two seeds"):
+        group_difference(one, one, ["s"])
+    with pytest.raises(ValueError, match="as many runs"):
+        group_difference(one * 2, one * 3, ["s"])
+    with pytest.raises(ValueError, match="same questions"):
+        group_difference([{"s": [0.5, 0.5]}, {"s": [0.5]}], one * 2, ["s"])
+    identical = group_difference(one * 2, one * 2, ["s"])
+    assert identical.difference == 0.0 and identical.p_value == 1.0 and identical.interval == (0.0, 0.0)
 
 
 # --- seeds ----------------------------------------------------------------------------------

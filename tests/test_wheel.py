@@ -37,7 +37,8 @@ PACKAGED = [
     "vqa_ood_bench/models/tiny_paligemma/model.safetensors",
     "vqa_ood_bench/data/embedded/adversary-v1.0.json",
     "vqa_ood_bench/data/embedded/suite-v1.0.sha256.json",
-    "vqa_ood_bench/optim/csrc/adam_cpu.cpp",
+    "vqa_ood_bench/configs/paper-cls/domainnet-cls-digrap.yaml",
+    "vqa_ood_bench/classify/domains-v1.0.sha256.json",
 ]
 
 

@@ -6,13 +6,50 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
 
 # numpy's legacy seeding (and so every library seeded through it) takes 32-bit seeds only
 MAX_SEED = 2**32 - 1
+DEFAULT_PROMPT = "answer en {question}"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_prompt(prompt: str) -> str:
+    """``prompt`` if it is a template with one field, ``{question}`` (a template without it
+    would ask every question the same thing); else a ValueError saying what is wrong."""
+    if not isinstance(prompt, str) or "{question}" not in prompt:
+        raise ValueError("the prompt must contain {question}")
+    try:
+        prompt.format(question="")
+    except KeyError as exc:
+        raise ValueError(f"the prompt has a field {{{exc.args[0]}}}; {{question}} is the only one (write {{{{ and }}}} for braces)") from None
+    except (IndexError, ValueError) as exc:
+        raise ValueError(f"the prompt is not a valid template ({exc}; write {{{{ and }}}} for braces)") from None
+    return prompt
+
+
+def check_device(device: Optional[str]) -> Optional[str]:
+    """``device`` if torch can use it here (None: the default, cuda when available); else a
+    ConfigError naming it."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1, mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r}: MPS is not available on this machine")
+    return device
 
 
 class TrainConfig(BaseModel):
@@ -60,13 +97,47 @@ class RunConfig(BaseModel):
     # Intra-op CPU threads during the run (0: torch's default). Float sums depend on the count,
     # so the embedded suite's published numbers hold for 2 (numerics.py).
     cpu_threads: int = Field(2, ge=0, le=1024)
-    prompt: str = "answer en {question}"
+    prompt: str = DEFAULT_PROMPT
     eval_batch_size: int = Field(128, ge=1)
     max_new_tokens: int = Field(4, ge=1)
     num_beams: int = Field(1, ge=1)
     scoring_variant: str = "official"
     limit: Optional[int] = Field(None, ge=1)  # cap records per split (smoke runs)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_template(cls, value: str) -> str:
+        return check_prompt(value)
+
+
+class EvalConfig(BaseModel):
+    """Everything that determines an evaluation's numbers (``vqa-ood-bench eval``): a model, an
+    optional PEFT adapter, a suite and the prediction options. The prediction fields have
+    :class:`RunConfig`'s names, meanings and defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "tiny"
+    model_revision: Optional[str] = None
+    adapter_path: Optional[str] = None  # a PEFT adapter folder (a run folder is resolved to its adapter/)
+    suite: str = "embedded"
+    data_root: Optional[str] = None
+    limit: Optional[int] = Field(None, ge=1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Optional[str] = None
+    cpu_threads: int = Field(2, ge=0, le=1024)
+    prompt: str = DEFAULT_PROMPT
+    eval_batch_size: int = Field(128, ge=1)
+    max_new_tokens: int = Field(4, ge=1)
+    num_beams: int = Field(1, ge=1)
+    scoring_variant: str = "official"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_template(cls, value: str) -> str:
+        return check_prompt(value)
 
 
 def config_path(ref: str | Path) -> Path:

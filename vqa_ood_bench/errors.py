@@ -31,8 +31,12 @@ class DataError(BenchError):
         super().__init__(where + message)
 
 
-class ConfigError(BenchError):
-    """An unknown name or an invalid option value."""
+class ConfigError(BenchError, ValueError):
+    """An unknown name or an invalid option value.
+
+    Also a ``ValueError``, the exception Python code (torch's optimizers among it) raises for
+    bad arguments: a user of ``vqa_ood_bench.optim`` catches ``ValueError`` as for torch.
+    """
 
 
 class TrainingError(BenchError):

@@ -27,17 +27,19 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 
 from . import __version__, distributed
 from .config import RunConfig, dump_config
 from .data.records import VQARecord
-from .data.suite import Suite, SplitSpec, get_suite
+from .data.suite import Suite, get_suite
 from .errors import ConfigError
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, digest_problem, ensure_writable_dir, file_digest
 from .methods.base import MethodContext, get_method
 from . import numerics
 from .numerics import fixed_cpu_numerics
+from .report.intervals import fill_intervals
 from .report.schema import ModelInfo, RunResults, SplitResult, compute_averages, write_results
 
 Log = Callable[[str], None]
@@ -111,6 +113,22 @@ def load_run_model(run_dir: str | Path, *, device: Optional[str] = None, dtype: 
         raise ConfigError(f"{results_path} records no run config; cannot rebuild the run's model (pass --model ENCODER)")
     overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     from pydantic import ValidationError
+
+    from .evaluate import EVAL_METHOD
+
+    if results.method == EVAL_METHOD:  # an `eval` folder: its model and adapter, loaded as the evaluation did
+        from .config import EvalConfig
+        from .evaluate import load_eval_model
+
+        try:
+            eval_config = EvalConfig.model_validate({**results.config, **overrides})
+        except ValidationError as exc:
+            raise ConfigError(f"{results_path}: the stored evaluation config is not valid for this version ({str(exc).splitlines()[0]})") from None
+        if results.model.adapter and not eval_config.adapter_path:
+            raise ConfigError(f"{results_path}: an evaluation of a model with an adapter in memory ({results.model.adapter}); "
+                              "its model cannot be rebuilt from the folder")
+        model, processor, _ = load_eval_model(eval_config, log=log, show_progress=show_progress)
+        return model, processor, results
 
     try:
         config = RunConfig.model_validate({**results.config, **overrides})
@@ -190,6 +208,12 @@ def run_benchmark(
 
     Raises :class:`ConfigError` at once when another run holds ``out_dir``.
     """
+    from .classify import is_classification_suite
+
+    if is_classification_suite(config.suite):  # image classification: a backbone + linear head, its own loop
+        from .classify.runner import run_classification
+
+        return run_classification(config, out_dir, log=log, show_progress=show_progress)
     get_method(config.method, **config.method_params).check(config)  # bad options: refused before a folder is made
     get_suite(config.suite)
     distributed.init_from_env()
@@ -323,9 +347,16 @@ def _run_benchmark(config: RunConfig, run_dir: Path, *, log: Log, show_progress:
     from .models.paligemma import count_parameters
 
     model_info.trainable_parameters = count_parameters(model)[1] if method.trains else 0
+    if main and method.trains:  # the evaluated model's adapter as a PEFT folder, for `eval --adapter RUN_DIR`
+        from .evaluate import save_run_adapter
+
+        save_run_adapter(model, run_dir, _adapter_record(run_dir, config, method, model_info), log=log)
 
     # 4. predict + 5. score
-    splits, timings["predict_s"], timings["score_s"] = _predict_and_score(model, processor, suite, eval_records, config, run_dir, show_progress)
+    splits, scores, timings["predict_s"], timings["score_s"] = _predict_and_score(model, processor, suite, eval_records, config, run_dir, show_progress)
+    t = time.perf_counter()
+    splits, averages_ci = fill_intervals(splits, scores)
+    timings["intervals_s"] = time.perf_counter() - t
 
     timings["total_s"] = time.perf_counter() - t_start
     results = RunResults(
@@ -345,6 +376,7 @@ def _run_benchmark(config: RunConfig, run_dir: Path, *, log: Log, show_progress:
         config=config.model_dump(mode="json"),
         splits=splits,
         averages=compute_averages(splits),
+        averages_ci=averages_ci,
         timings={k: round(v, 2) for k, v in timings.items()},
         peak_memory_mb=round(peak_memory_mb(), 1),
         environment=numerics.describe(config.cpu_threads),
@@ -356,6 +388,18 @@ def _run_benchmark(config: RunConfig, run_dir: Path, *, log: Log, show_progress:
 
 
 TRAINED_RECORD = "trained_state"  # fit.json's key for trained_state.pt's size and sha256
+
+
+def _adapter_record(run_dir: Path, config: RunConfig, method, model_info: ModelInfo) -> dict:
+    """What a run's saved adapter says about itself: its base model, the run, and the prediction
+    options the run used (``eval`` takes them unless told otherwise)."""
+    from .evaluate import RECORDED_OPTIONS
+
+    return {
+        "base_model": {"name_or_path": model_info.name_or_path, "revision": model_info.revision, "content_hash": model_info.content_hash},
+        "run_id": run_dir.name, "method": method.name, "method_params": {**method.describe(), "adapter": config.adapter},
+        "prediction": {k: getattr(config, k) for k in RECORDED_OPTIONS},
+    }
 
 
 def _save_trainable(model, path: Path) -> None:
@@ -454,13 +498,21 @@ def _train(model, processor, suite: Suite, config: RunConfig, method, ctx: Metho
             "best_validation": result.best_validation, "best_step": result.best_step, "train_records": len(train_records)}
 
 
-def _predict_and_score(model, processor, suite: Suite, eval_records: dict[str, list[VQARecord]], config: RunConfig, run_dir: Path, show_progress: bool):
+def _predict_and_score(model, processor, suite: Suite, eval_records: dict[str, list[VQARecord]], config, run_dir: Path, show_progress: bool):
+    """Predict and score every evaluation split into ``run_dir`` (``run`` and ``eval`` alike).
+
+    ``config``: a :class:`RunConfig` or :class:`~vqa_ood_bench.config.EvalConfig` (their
+    prediction fields: prompt, eval_batch_size, max_new_tokens, num_beams, scoring_variant).
+    Writes ``predictions/<split>.jsonl`` and the per-sample log ``samples/<split>.jsonl``.
+    """
+    from .predict.samples import samples_path, write_sample_log
     from .predict.sharded import predict_sharded
     from .score.vqa_accuracy import score_records
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     splits: dict[str, SplitResult] = {}
+    scores: dict[str, np.ndarray] = {}  # per-question scores, for the intervals
     t_pred = t_score = 0.0
     with Progress(TextColumn("[bold]predicting {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   transient=True, disable=not show_progress) as progress:
@@ -469,12 +521,17 @@ def _predict_and_score(model, processor, suite: Suite, eval_records: dict[str, l
             rel = f"predictions/{spec.name}.jsonl"
             task = progress.add_task(spec.name, total=len(records))
             t = time.perf_counter()
+            samples = samples_path(run_dir, spec.name)
             preds = predict_sharded(model, processor, records, run_dir / rel, prompt=config.prompt, batch_size=config.eval_batch_size,
-                                    max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, progress=progress, task=task)
+                                    max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, progress=progress, task=task,
+                                    samples_path=samples)
             t_pred += time.perf_counter() - t
             t = time.perf_counter()
             acc = score_records(records, preds, config.scoring_variant)
             t_score += time.perf_counter() - t
+            scores[spec.name] = acc.scores
+            if distributed.is_main():
+                write_sample_log(samples, records, preds, acc.scores, variant=config.scoring_variant, prompt=config.prompt)
             splits[spec.name] = SplitResult(
                 role=spec.role, shift_type=spec.shift_type, n=acc.n, vqa_accuracy=round(acc.accuracy, 4),
                 per_answer_type={k: round(v, 4) for k, v in acc.per_answer_type.items()},
@@ -482,4 +539,4 @@ def _predict_and_score(model, processor, suite: Suite, eval_records: dict[str, l
                 stands_in_for=spec.stands_in_for, predictions_file=rel,
             )
             progress.remove_task(task)
-    return splits, t_pred, t_score
+    return splits, scores, t_pred, t_score

@@ -164,7 +164,6 @@ def _print_verify(result: Any) -> None:
         ("images missing", len(result.images_missing)),
         ("records skipped (malformed)", len(rep.malformed)),
         ("records skipped (known quirks)", len(rep.quirks)),
-        ("empty answers dropped", rep.answers_dropped),
         ("left out by sub-sampling", rep.filtered),
     ):
         counts.add_row(label, str(n))

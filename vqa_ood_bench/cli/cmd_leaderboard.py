@@ -69,14 +69,17 @@ def add(
     backbone: Annotated[Optional[str], typer.Option("--backbone", help="Backbone label (default: the model id).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing entry with the same id.")] = False,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Released datasets for re-scoring (default: the run's own).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(
+        "--baseline", help="The run folder of an entry already on the board (e.g. vanilla's, same suite and questions): "
+                           "store this run's paired comparison with it, so tables mark significant differences.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a submitted entry from a run folder: its numbers, full config, model and data identifiers.
 
-    The run's predictions files are re-scored first (a number they do not give is refused) and
-    their SHA-256 hashes are stored in the entry.
+    The run's predictions files are re-scored first (a number they do not give is refused), the
+    intervals are computed from them, and their SHA-256 hashes are stored in the entry.
     """
-    from ..report.leaderboard import check_rescored, default_entry_id, entry_from_results, load_entries, predictions_sha256, write_entry
+    from ..report.leaderboard import default_entry_id, entry_from_results, load_entries, predictions_sha256, rescore_submission, write_entry
     from ..report.leaderboard_reproduce import tiny_pretraining_of
     from ..report.schema import read_results
 
@@ -88,7 +91,9 @@ def add(
         target_dir = _dir(folder, writable=True)
     except ConfigError:  # no leaderboards folder to write to yet (the packaged one is read-only): start one here
         target_dir = Path("leaderboards")
-    for warning in check_rescored(run_dir, results, data_root=data_root):
+    # The entry's intervals are computed from the re-scored predictions, not taken from the file.
+    results, warnings = rescore_submission(run_dir, results, data_root=data_root)
+    for warning in warnings:
         typer.echo(f"warning: {warning}", err=True)
     key, steps = tiny_pretraining_of(results)
     entry = entry_from_results(results, entry_id=entry_id or default_entry_id(results), tolerance=tolerance, backbone=backbone,
@@ -96,6 +101,10 @@ def add(
     if results.model.name_or_path == "tiny" and key is None:
         raise ConfigError(f"cannot tell which tiny pre-training run {results.run_id} used (not in the cache {os.environ.get('VQA_OOD_BENCH_CACHE', 'default')}); "
                           "add it on the machine and cache that made the run")
+    if baseline is not None:
+        from ..report.leaderboard import versus_baseline
+
+        entry = entry.model_copy(update={"versus": versus_baseline(run_dir, baseline, entry, target_dir, data_root=data_root)})
     path = target_dir / "submitted" / f"{entry.entry_id}.json"
     existing = {e.entry_id: p for p, e in load_entries(target_dir)} if target_dir.is_dir() else {}
     if entry.entry_id in existing and not force:
@@ -104,7 +113,13 @@ def add(
     if as_json:
         typer.echo(entry.model_dump_json(indent=2))
         return
-    typer.echo(f"added {entry.entry_id}: {existing.get(entry.entry_id, path)}  (OOD avg {_fmt(entry.averages.ood)}, tolerance ±{tolerance} pts)")
+    ood_ci = entry.averages_ci.get("ood")
+    ood = _fmt(entry.averages.ood) + (f" [{ood_ci.low:.2f}, {ood_ci.high:.2f}]" if ood_ci else "")
+    versus = ""
+    if entry.versus is not None and "ood" in entry.versus.averages:
+        t = entry.versus.averages["ood"]
+        versus = f"; OOD vs {entry.versus.baseline} {t.difference:+.2f}, p {t.p_value:.4g}{' (significant)' if t.significant else ''}"
+    typer.echo(f"added {entry.entry_id}: {existing.get(entry.entry_id, path)}  (OOD avg {ood}{versus}, tolerance ±{tolerance} pts)")
 
 
 @leaderboard_app.command("export")
@@ -198,7 +213,7 @@ def reproduce(
             + (f", diff {rep.diffs[n]:+.2f})" if rep.diffs[n] is not None else ")")
             for n in rep.off_splits
         )
-        err.print(f"[bold red]NOT REPRODUCED[/bold red]: " + escape(f"{len(rep.off_splits)} of {len(entry.splits)} splits of {entry.entry_id} "
+        err.print("[bold red]NOT REPRODUCED[/bold red]: " + escape(f"{len(rep.off_splits)} of {len(entry.splits)} splits of {entry.entry_id} "
                   f"differ by more than ±{entry.tolerance} pts: {off}"))
         raise typer.Exit(code=1)
     err.print(escape(f"reproduced: all {len(entry.splits)} splits of {entry.entry_id} within ±{entry.tolerance} pts"

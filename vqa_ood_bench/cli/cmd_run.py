@@ -10,13 +10,30 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ..errors import ConfigError
+from ..errors import BenchError, ConfigError
 from .app import app
 from .options import DataRootOpt, JsonOpt, LimitOpt, ModelOpt, OutOpt, SeedOpt, VariantOpt, parse_key_values, positive_number
 
 DEFAULT_METHOD = "vanilla"
 ALL = "all"
 BASELINE = "vanilla"
+ALPHA = 0.05  # significance level of the Δ marks of `run --method all`
+
+# Prediction options, shared with `eval` (cmd_eval.py). None: the config's value (RunConfig's default).
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Prediction batch size: questions answered together (the answers do not depend on it; default: the config's eval_batch_size, 128). Training batches are set by the config's train.batch_size.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="dtype of the model's weights: float32 (default), bfloat16, float16.")]
+MaxNewTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", min=1, help="Longest answer generated, in tokens (default 4).")]
+NumBeamsOpt = Annotated[Optional[int], typer.Option("--num-beams", min=1, help="Beam width; 1 (default) is greedy decoding.")]
+PromptOpt = Annotated[Optional[str], typer.Option("--prompt", help="Prompt template, with {question} where the question goes (default 'answer en {question}', PaliGemma's VQA prefix).")]
+#: config field -> the option that sets it, for the prediction options
+PREDICTION_OPTIONS = {"eval_batch_size": "batch_size", "device": "device", "dtype": "dtype", "max_new_tokens": "max_new_tokens",
+                      "num_beams": "num_beams", "prompt": "prompt"}
+
+
+def prediction_overrides(values: dict[str, object]) -> dict[str, object]:
+    """Config fields set by the prediction options given (``values``: the command's parameters)."""
+    return {field: values[option] for field, option in PREDICTION_OPTIONS.items() if values.get(option) is not None}
 
 
 @app.command("run")
@@ -35,6 +52,12 @@ def run(
     limit: LimitOpt = None,
     cpu_threads: Annotated[int, typer.Option("--cpu-threads", min=0, max=1024, help="Intra-op CPU threads (0: torch's default). The numbers depend on it; the embedded suite's published ones are for 2.")] = 2,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="Method parameter KEY=VALUE (repeatable; VALUE read as JSON where it is: 0.5, true, null), e.g. --param mu=0.5 --param omega=1.0; overrides the config's method_params.")] = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    num_beams: NumBeamsOpt = None,
+    prompt: PromptOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune MODEL with METHOD on the suite's training split, score every split, write results.json."""
@@ -55,7 +78,7 @@ def run(
         "data_root": str(data_root) if data_root else None, "limit": limit, "cpu_threads": cpu_threads,
     }
     update = {k: v for k, v in overrides.items() if OPTION_OF.get(k, k) in given or not config}
-    cfg = cfg.model_copy(update=update)
+    cfg = cfg.model_copy(update={**update, **prediction_overrides(ctx.params)})
     if epochs is not None:  # an explicit epoch count replaces the config's step budget
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs, "max_steps": -1})})
     elif limit is not None and not config:
@@ -64,6 +87,12 @@ def run(
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1.0, "max_steps": -1})})
     if cli_params:
         cfg = cfg.model_copy(update={"method_params": {**cfg.method_params, **cli_params}})
+    from ..classify import is_classification_suite
+
+    if is_classification_suite(cfg.suite):  # image classification: its own methods, defaults and table
+        from ..classify.cli import run_command
+
+        return run_command(cfg, given, config, out, update=update, epochs=epochs, limit=limit, as_json=as_json)
     cfg = checked_config(cfg, given, config)
     check_method_params(cfg, cli_params, config, sweep_params_of=config_method if method == ALL else None)
 
@@ -87,14 +116,14 @@ def run(
 
 
 #: RunConfig field -> the `run` option (typer parameter name) that sets it
-OPTION_OF = {"scoring_variant": "variant"}
+OPTION_OF = {"scoring_variant": "variant", "eval_batch_size": "batch_size"}
 
 
 def checked_config(cfg, given: set[str], config: Optional[Path]):
     """``cfg`` validated, with names checked against the known ones; errors name the option or the file."""
     from pydantic import ValidationError
 
-    from ..config import RunConfig
+    from ..config import RunConfig, check_device
     from ..data.suite import suite_names
     from ..methods.base import method_names
     from ..score.vqa_accuracy import VARIANTS
@@ -123,12 +152,16 @@ def checked_config(cfg, given: set[str], config: Optional[Path]):
     if cfg.model.startswith(("/", "./", "../")) and not Path(cfg.model).is_dir():
         raise ConfigError(f"{named('model')} {cfg.model!r}: no such folder")
     try:
+        check_device(cfg.device)
+    except ConfigError as exc:
+        raise ConfigError(f"{named('device')}: {exc}") from None
+    try:
         return RunConfig.model_validate(cfg.model_dump())
     except ValidationError as exc:  # a safety net: the options' own checks catch their values first
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         where = named("epochs") if loc == "train.epochs" and "epochs" in given else named(loc)
-        raise ConfigError(f"{where}: {err['msg']}, got {err.get('input')!r}") from None
+        raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}, got {err.get('input')!r}") from None
 
 
 def check_method_params(cfg, cli_params: dict[str, object], config: Optional[Path], *, sweep_params_of: Optional[str]) -> None:
@@ -162,7 +195,8 @@ def parse_params(items: list[str]) -> dict[str, object]:
 
 def run_sweep(cfg, out: Optional[Path], *, log, as_json: bool, params_for: Optional[str] = None) -> None:
     """``run --method all``: every method into ``OUT/<method>/`` (each a normal, resumable run
-    folder), then the paper-form table with ΔID / ΔOOD (%) against vanilla and ``OUT/sweep.json``."""
+    folder), then the paper-form table with ΔID / ΔOOD (%) against vanilla, "*" where the
+    difference is significant (paired test on the same questions), and ``OUT/sweep.json``."""
     from ..io import atomic_write_json, ensure_writable_dir
     from ..methods.base import get_method, sweep_order
     from ..report.table import deltas, find_baseline, results_table
@@ -180,18 +214,44 @@ def run_sweep(cfg, out: Optional[Path], *, log, as_json: bool, params_for: Optio
         runs.append(run_benchmark(cfg.model_copy(update={"method": name, "method_params": params}), base / name,
                                   log=log, show_progress=not as_json))
     reference = find_baseline(runs, BASELINE, cfg.adapter)
+    try:
+        tests = significance_vs_reference(base, runs, reference)
+    except BenchError as exc:  # the runs are written; a failed test only costs the marks
+        typer.echo(f"warning: differences from {BASELINE} not tested for significance: {exc}", err=True)
+        tests = {}
     summary = {
-        "baseline": BASELINE, "adapter": cfg.adapter, "suite": cfg.suite,
+        "baseline": BASELINE, "adapter": cfg.adapter, "suite": cfg.suite, "alpha": ALPHA,
         "methods": {r.method: {"results": f"{r.method}/results.json", "averages": r.averages.model_dump(),
-                               "delta_id_pct": deltas(r, reference)[0], "delta_ood_pct": deltas(r, reference)[1]} for r in runs},
+                               "averages_ci": {k: v.model_dump() for k, v in r.averages_ci.items()},
+                               "delta_id_pct": deltas(r, reference)[0], "delta_ood_pct": deltas(r, reference)[1],
+                               "vs_baseline": tests.get(r.run_id)} for r in runs},
     }
     atomic_write_json(base / "sweep.json", summary)
     if as_json:
         typer.echo(json.dumps({"out": str(base), **summary}, indent=2))
         return
     console = wide_console()
-    console.print(results_table(runs, delta_baseline=BASELINE))
+    marks = {run_id: (t["id"]["significant"] if "id" in t else None, t["ood"]["significant"] if "ood" in t else None)
+             for run_id, t in tests.items()}
+    console.print(results_table(runs, delta_baseline=BASELINE, significance=marks, alpha=ALPHA))
     console.print(f"results: {base}/<method>/results.json  ·  summary: {base / 'sweep.json'}")
+
+
+def significance_vs_reference(base: Path, runs: list, reference) -> dict[str, dict[str, dict]]:
+    """run_id -> {"id"|"ood": {difference, interval, p_value, significant, ...}}: each run's ID and
+    OOD averages against the reference (vanilla) run's on the same questions (paired bootstrap
+    interval, sign-flip p-value, significant at :data:`ALPHA`). Runs whose Δ the table leaves
+    blank (zero-shot, the reference itself) are not tested."""
+    from ..report.table import deltas
+    from ..report.compare import paired_vs_baseline
+
+    if reference is None:
+        return {}
+    tested = [r for r in runs if r is not reference and any(d is not None for d in deltas(r, reference))]
+    if not tested:
+        return {}
+    found = paired_vs_baseline(base / reference.method, [base / r.method for r in tested], confidence=1.0 - ALPHA)
+    return {r.run_id: {k: v.to_json() for k, v in found[base / r.method].items()} for r in tested}
 
 
 def wide_console() -> Console:

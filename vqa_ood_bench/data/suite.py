@@ -107,7 +107,7 @@ def suite_names() -> list[str]:
 def _import_builtin_suites() -> None:
     import importlib
 
-    for mod in ("vqa_ood_bench.data.embedded.datasets", "vqa_ood_bench.data.suites"):
+    for mod in ("vqa_ood_bench.data.embedded.datasets", "vqa_ood_bench.data.suites", "vqa_ood_bench.classify.suites"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:  # the paper suites module is optional until it exists

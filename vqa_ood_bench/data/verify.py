@@ -68,7 +68,6 @@ class VerifyResult:
             "malformed_count": len(self.report.malformed),
             "known_quirk_count": len(self.report.quirks),
             "skipped_reasons": self.report.reason_counts(),
-            "answers_dropped": self.report.answers_dropped,
             "filtered": self.report.filtered,
             "files_read": list(self.report.files),
             "errors": self.errors,

@@ -209,8 +209,22 @@ class TPGMMethod(AnchoredMethod):
 
 
 def _backward_loss(model, batch) -> torch.Tensor:
-    loss = model(**batch).loss
-    loss.backward()
+    """TPGM's validation closure: the loss on ``batch`` in eval mode (dropout off), backpropagated.
+
+    The TPGM authors compute the radius-learning loss on a copy of the model put in ``eval()``
+    (``TPGM.forward`` in their ``utils/tpgm.py``), so the radii see the deterministic network that
+    is evaluated, not one with dropout noise (LoRA dropout in the paper recipe). Every module's
+    own mode is restored afterwards, also when the forward or backward pass raises, so training
+    resumes exactly as it was (modules frozen in eval mode stay so).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        loss = model(**batch).loss
+        loss.backward()
+    finally:
+        for m, training in modes:
+            m.training = training
     return loss
 
 

@@ -8,13 +8,13 @@ changes, and implements one step of one layout.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from . import _kernels as K
-from . import _native
 from ._base import RobustOptimizer
 from ._common import Bucket, Gathered, Layout, anchored_params, collect_grads, run_closure, scalars_to_python
 
@@ -25,12 +25,16 @@ EAGER_BLOCK_NUMEL = 1 << 17
 class BucketedBase(RobustOptimizer):
     """Layouts per group and device, their state-dict hooks, the step over them."""
 
-    #: names of the per-tensor scalars each layout keeps (subclasses set this)
+    #: the per-tensor scalars each layout keeps, a named tuple of ``(n,)`` vectors whose field
+    #: names are the keys in ``optimizer.state[p]`` (subclasses set this)
+    Scalars: type[tuple] = tuple
     scalar_names: tuple[str, ...] = ()
+    #: rows of tensors with 3+ dimensions along dim 1 instead of dim 0 flattened (see
+    #: :func:`._common.block_dims`), as the method's authors take them
+    split_dim1: bool = False
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, compile: bool, native: bool = True, **options: Any):
+    def __init__(self, params: Any, defaults: dict[str, Any], *, compile: bool, **options: Any):
         self._compile = bool(compile)
-        self._native = bool(native)
         super().__init__(params, defaults, **options)
 
     def _setup(self) -> None:
@@ -49,7 +53,8 @@ class BucketedBase(RobustOptimizer):
         raise NotImplementedError
 
     def _new_layout(self, group: dict[str, Any], params: list[Tensor]) -> Layout:
-        return Layout(params, self._buf_names(group), self.scalar_names, group["anchor"], self.state)
+        return Layout(params, self._buf_names(group), self.scalar_names, group["anchor"], self.state,
+                      split_dim1=self.split_dim1)
 
     def _build_layouts(self) -> None:
         layouts: list[dict[torch.device, Layout]] = []
@@ -99,25 +104,25 @@ class BucketedBase(RobustOptimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         loss = run_closure(closure)
-        for group, per_dev in zip(self.param_groups, self._current_layouts()):
-            if not per_dev:
-                params, grads = collect_grads(group["params"])
-                self.base_step(group, params, grads)
-                continue
-            for lay in per_dev.values():
-                step = lay.gather_all()
-                if step is not None:  # else no tensor of the layout has a gradient
-                    self._step_layout(group, lay, step)
+        with K.recompile_scope() if self._compile else contextlib.nullcontext():
+            for group, per_dev in zip(self.param_groups, self._current_layouts()):
+                if not per_dev:
+                    params, grads = collect_grads(group["params"])
+                    self.base_step(group, params, grads)
+                    continue
+                for lay in per_dev.values():
+                    step = lay.gather_all()
+                    if step is not None:  # else no tensor of the layout has a gradient
+                        self._step_layout(group, lay, step)
         return loss
 
     def _row_blocks(self, b: Bucket) -> list[slice]:
         """Row ranges the kernels of bucket ``b`` run on, one call each.
 
         Compiled kernels make one sweep and take the whole tensor. The eager kernels make
-        ~30 sweeps through tensor-sized temporaries; on the CPU a large tensor is cut into
+        tens of sweeps through tensor-sized temporaries; on the CPU a large tensor is cut into
         blocks of about :data:`EAGER_BLOCK_NUMEL` elements so that the temporaries stay in
-        cache (3x faster on a 3072 x 768 tensor). Every kernel here is row-local, and its
-        per-tensor sums add up over row blocks.
+        cache. Every kernel here is row-local, and its per-tensor sums add up over row blocks.
         """
         small = b.rows < 2 or b.rows * b.cols <= 2 * EAGER_BLOCK_NUMEL
         if self._compile or not b.direct or small or b.params[0].device.type != "cpu":
@@ -132,58 +137,34 @@ class BucketedBase(RobustOptimizer):
         dyn, static = K.compiled(fn), K.compiled(fn, static=True)
         return lambda b: static if b.direct else dyn
 
-    def _native_step(self, lay: Layout, table: Tensor, kernel: str, buf_names: tuple[str, ...],
-                     hparams: Callable[[], list[float]]) -> Callable[[Bucket, Tensor, Tensor], Tensor | None]:
-        """The C++ step (:mod:`._native`) of the compiled loop: ``run(bucket, g, p)`` steps a
-        large float32 tensor with ``kernel`` (arguments: g, p, anchor, the buffers
-        ``buf_names``, the scalar table, the tensor's slot and rows, ``hparams()``) and returns
-        its new scalars, or returns None for a bucket the compiled kernels take. The C++
-        kernels exist for Adam/AdamW bases on the CPU; without them (or switched off) every
-        bucket gets None."""
-        ext = None
-        if self._compile and self._native and self.base != "sgd" and lay.device.type == "cpu":
-            if any(b.direct and _native.runs_natively(b.params[0]) for b in lay.buckets):
-                ext = _native.load()
-        if ext is None:
-            return lambda b, g, p: None
-        fn, hp = getattr(ext, kernel), hparams()
-
-        def run(b: Bucket, g: Tensor, p: Tensor) -> Tensor | None:
-            if not (b.direct and _native.runs_natively(p)):
-                return None
-            return fn(g, p, b.bufs.get("anchor"), *(b.bufs[name] for name in buf_names), table, b.slots.start,
-                      b.rows, hp)
-
-        return run
-
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         """One step of the tensors of ``lay`` (``step``: their gathered gradients and weights)."""
         raise NotImplementedError
 
     # ---- helpers of _step_layout ---------------------------------------------------------
 
-    def _step_inputs(self, group: dict[str, Any], lay: Layout, step: Gathered) -> tuple[Tensor, Tensor, Tensor]:
-        """The per-tensor scalars as an ``(n, len(scalar_names))`` table, the active flags as
-        floats, and the learning rate as a one-element tensor (as a Python float it would make
-        the compiled graphs recompile under a schedule)."""
-        table = torch.stack([lay.scalars[name] for name in self.scalar_names], 1)
+    def _step_inputs(self, group: dict[str, Any], lay: Layout, step: Gathered) -> tuple[Any, Tensor, Tensor]:
+        """The per-tensor scalars (a :attr:`Scalars`), the active flags as floats, and the
+        learning rate as a one-element tensor (as a Python float it would make the compiled
+        graphs recompile under a schedule)."""
+        scalars = self.Scalars(*[lay.scalars[name] for name in self.scalar_names])
         lr = torch.full((1,), float(group["lr"]), dtype=lay.sdtype, device=lay.device)
-        return table, step.active.to(lay.sdtype), lr
+        return scalars, step.active.to(lay.sdtype), lr
 
-    def _per_bucket(self, lay: Layout, step: Gathered, table: Tensor,
-                    run: Callable[[Bucket, tuple[Tensor, Tensor, list[int]], slice], Tensor]) -> Tensor:
-        """The compiled steps' loop: ``run(bucket, gathered, rows)`` steps one bucket from start
-        to end and returns its new scalars (``rows``: its slice of ``table``); buckets without
-        a gradient keep theirs. Returns the new table."""
+    def _per_bucket(self, lay: Layout, step: Gathered, scalars: Any,
+                    run: Callable[[Bucket, tuple[Tensor, Tensor, list[int]], slice], Any]) -> Any:
+        """The compiled steps' loop: ``run(bucket, gathered, members)`` steps one bucket from
+        start to end and returns its members' new scalars (``members``: their slice of the
+        layout's); buckets without a gradient keep theirs. Returns the new scalars."""
         news = []
         for b, gat in zip(lay.buckets, step.blocks):
             sl = slice(b.slots.start, b.slots.stop)
-            news.append(table[sl] if gat is None else run(b, gat, sl))
-        return torch.cat(news, 0)
+            news.append(K.fields_at(scalars, sl) if gat is None else run(b, gat, sl))
+        return K.fields_cat(news)
 
-    def _commit(self, lay: Layout, step: Gathered, new_table: Tensor) -> None:
-        """Store the new per-tensor scalars (columns ``scalar_names``) of the tensors that stepped."""
-        lay.commit(step, dict(zip(self.scalar_names, new_table.unbind(1))))
+    def _commit(self, lay: Layout, step: Gathered, new: Any) -> None:
+        """Store the new per-tensor scalars (a :attr:`Scalars`) of the tensors that stepped."""
+        lay.commit(step, dict(zip(self.scalar_names, new)))
 
 
 def base_hparams(base: str, group: dict[str, Any]) -> dict[str, Any]:

@@ -26,9 +26,11 @@ robust-fine-tuning options per group:
 Bucketed layout (the fast path of DiGraP and FTP)
 -------------------------------------------------
 A tensor is processed as ``(rows, cols)``: rows along dim 0, the rest flattened; 1-D and 0-d
-tensors are one row. Large tensors (``numel >= BUCKET_NUMEL``) are processed in place, one
-kernel call each. Small tensors of identical shape (biases, norms, LoRA factors) share a
-*bucket*: their optimizer state lives in one ``(n, rows, cols)`` buffer (per-parameter state
+tensors are one row. DiGraP takes a tensor of three or more dimensions as ``(d0, d1, rest)``
+instead, its rows running along dim 1 (see :func:`block_dims`). Large tensors
+(``numel >= BUCKET_NUMEL``) are processed in place, one kernel call each. Small tensors of
+identical shape (biases, norms, LoRA factors) share a *bucket*: their optimizer state lives in
+one ``(n, rows, cols)`` buffer (per-parameter state
 entries are views of it), and each step copies their gradients and weights into two
 bucket-sized workspaces with one ``torch._foreach_copy_``, so a single kernel call serves
 hundreds of tensors. Buckets of short rows (``cols < 16``, e.g. LoRA B of shape ``(d, r)``)
@@ -343,10 +345,18 @@ def scalar_adam(
 # --------------------------------------------------------------------------------------------
 
 
-def rows_cols(shape: torch.Size) -> tuple[int, int]:
+def block_dims(shape: torch.Size, split_dim1: bool) -> tuple[int, ...]:
+    """A tensor of ``shape`` as its row block (without the bucket dimension): ``(rows, cols)``
+    with rows along dim 0 and the rest flattened (a 0-d or 1-D tensor is one row); with
+    ``split_dim1``, a tensor of three or more dimensions is ``(d0, d1, rest)`` and its rows are
+    the vectors along dim 1, one per index of the other dimensions (``F.normalize(t, dim=1)``'s
+    vectors: for a conv kernel ``(out, in, kh, kw)``, one per output channel and position)."""
     if len(shape) <= 1:
         return 1, int(math.prod(shape))
-    return int(shape[0]), int(math.prod(shape[1:]))
+    rest = int(math.prod(shape[2:]))
+    if split_dim1 and rest > 1:
+        return int(shape[0]), int(shape[1]), rest
+    return int(shape[0]), int(shape[1]) * rest
 
 
 @dataclass
@@ -356,19 +366,18 @@ class Bucket:
     slots: range  # positions in the layout's scalar vectors
     params: list[Tensor]
     shape: torch.Size
-    rows: int
-    cols: int
-    transposed: bool  # stored as (n, cols, rows); reduce over dim 1 instead of 2
+    dims: tuple[int, ...]  # a member's row block (see block_dims): (rows, cols) or (d0, d1, rest)
+    transposed: bool  # (rows, cols) stored as (n, cols, rows); reduce over dim 1 instead of 2
     direct: bool  # one large tensor, kernels run on the parameter itself
-    bufs: dict[str, Tensor] = field(default_factory=dict)  # name -> (n, X, Y)
+    bufs: dict[str, Tensor] = field(default_factory=dict)  # name -> (n, *block())
     gwork: Tensor | None = None
     pwork: Tensor | None = None
-    # parameter-shaped views of the members' workspace slices, made once: building ~3 views
-    # per member on every step cost about as much as the kernels for a few hundred LoRA factors
+    # parameter-shaped views of the members' workspace slices, made once: building views per
+    # member on every step cost about as much as the kernels for a few hundred LoRA factors
     gviews: list[Tensor] = field(default_factory=list)
     pviews: list[Tensor] = field(default_factory=list)
     # transposed buckets: parameter-shaped views of ``gwork`` read as ``(n, rows, cols)``, the
-    # scratch through which updated weights go back (a strided copy per member is ~2x slower)
+    # scratch through which updated weights go back (faster than a strided copy per member)
     scratch_views: list[Tensor] = field(default_factory=list)
 
     @property
@@ -376,31 +385,37 @@ class Bucket:
         return len(self.params)
 
     @property
+    def rows(self) -> int:
+        """Size of the block's dim 0 (the tensor's dim 0; row blocks cut along it)."""
+        return self.dims[0]
+
+    @property
+    def cols(self) -> int:
+        return int(math.prod(self.dims[1:]))
+
+    @property
     def red_dim(self) -> int:
+        """The dimension of an ``(n, ...)`` block that runs along a row."""
         return 1 if self.transposed else 2
 
-    def xy(self) -> tuple[int, int]:
-        return (self.cols, self.rows) if self.transposed else (self.rows, self.cols)
+    def block(self) -> tuple[int, ...]:
+        """A member's stored block shape."""
+        return (self.cols, self.rows) if self.transposed else self.dims
 
     def as_param(self, t: Tensor) -> Tensor:
-        """A per-member ``(X, Y)`` slice viewed with the parameter's shape."""
+        """A per-member block viewed with the parameter's shape."""
         return t.t() if self.transposed else t.view(self.shape)
 
     def from_param(self, t: Tensor) -> Tensor:
-        """A parameter-shaped tensor viewed as ``(1, X, Y)`` (no copy for contiguous ``t``)."""
-        x, y = self.xy()
-        return (t.t() if self.transposed else t).reshape(1, x, y)
+        """A parameter-shaped tensor viewed as ``(1, *block)`` (no copy for contiguous ``t``)."""
+        return (t.t() if self.transposed else t).reshape(1, *self.block())
 
     def views_of(self, buf: Tensor) -> list[Tensor]:
-        """Parameter-shaped views of the members' slices of an ``(n, X, Y)`` buffer."""
+        """Parameter-shaped views of the members' slices of an ``(n, *block)`` buffer."""
         return [self.as_param(buf[j]) for j in range(self.n)]
 
     def member_views(self, name: str) -> list[Tensor]:
         return self.views_of(self.bufs[name])
-
-    def rows_of(self, table: Tensor, dtype: torch.dtype) -> Tensor:
-        """This bucket's members' rows of a per-tensor ``(n_layout, K)`` table, as ``dtype``."""
-        return table[self.slots.start : self.slots.stop].to(dtype)
 
 
 @dataclass
@@ -423,6 +438,7 @@ class Layout:
         anchor: str,
         state: dict[Tensor, dict[str, Any]],
         *,
+        split_dim1: bool = False,
         bucket_numel: int = BUCKET_NUMEL,
     ):
         self.params = list(params)
@@ -450,9 +466,9 @@ class Layout:
         for kind, item in order:
             members = [item] if kind == "direct" else small[item]
             shape = members[0].shape
-            r, c = rows_cols(shape)
-            transposed = kind == "bucket" and len(shape) == 2 and c < SHORT_ROW and r > c
-            b = Bucket(range(slot, slot + len(members)), members, shape, r, c, transposed, kind == "direct")
+            dims = block_dims(shape, split_dim1)
+            transposed = kind == "bucket" and len(shape) == 2 and dims[1] < SHORT_ROW and dims[0] > dims[1]
+            b = Bucket(range(slot, slot + len(members)), members, shape, dims, transposed, kind == "direct")
             for j, p in enumerate(members):
                 self.slot_of[p] = slot + j
             slot += len(members)
@@ -473,7 +489,7 @@ class Layout:
                     vec[s] = float(state[p][name])
             self.scalars[name] = vec
         for b in self.buckets:
-            x, y = b.xy()
+            block = b.block()
             for name in self.buf_names:
                 if b.direct:
                     p = b.params[0]
@@ -486,7 +502,7 @@ class Layout:
                         t = torch.zeros_like(p, memory_format=torch.contiguous_format)
                     b.bufs[name] = b.from_param(t)
                 else:
-                    buf = torch.zeros((b.n, x, y), dtype=b.params[0].dtype, device=dev)
+                    buf = torch.zeros((b.n, *block), dtype=b.params[0].dtype, device=dev)
                     for j, (p, view) in enumerate(zip(b.params, b.views_of(buf))):
                         old = state[p].get(name)
                         if old is not None:
@@ -495,8 +511,8 @@ class Layout:
                             view.copy_(p.detach())
                     b.bufs[name] = buf
             if not b.direct:
-                b.gwork = torch.zeros((b.n, x, y), dtype=b.params[0].dtype, device=dev)
-                b.pwork = torch.zeros((b.n, x, y), dtype=b.params[0].dtype, device=dev)
+                b.gwork = torch.zeros((b.n, *block), dtype=b.params[0].dtype, device=dev)
+                b.pwork = torch.zeros((b.n, *block), dtype=b.params[0].dtype, device=dev)
                 b.gviews = b.views_of(b.gwork)
                 b.pviews = b.views_of(b.pwork)
                 if b.transposed:
@@ -521,19 +537,6 @@ class Layout:
         for b in self.buckets:
             for j, p in enumerate(b.params):
                 yield p, b.slots[j]
-
-    def state_bytes(self) -> int:
-        seen: set[int] = set()
-        total = 0
-        for b in self.buckets:
-            for t in b.bufs.values():
-                key = t.untyped_storage().data_ptr()
-                if key not in seen:
-                    seen.add(key)
-                    total += t.numel() * t.element_size()
-        for v in self.scalars.values():
-            total += v.numel() * v.element_size()
-        return total
 
     def workspace_bytes(self) -> int:
         return sum(
@@ -562,7 +565,7 @@ class Layout:
         self.steps_taken += 1
 
     def gather(self, b: Bucket) -> tuple[Tensor, Tensor, list[int]] | None:
-        """``(g, p, active members)`` as ``(n, X, Y)``; ``None`` when no member has a gradient."""
+        """``(g, p, active members)`` as ``(n, *block)`` blocks; ``None`` when no member has a gradient."""
         act = [j for j, p in enumerate(b.params) if p.grad is not None]
         if not act:
             return None

@@ -1,11 +1,12 @@
 """Element kernels shared by the anchored optimizers (DiGraP, FTP).
 
-Every kernel works on ``(n, X, Y)`` blocks: ``n`` tensors of one shape, each viewed as its
+Every kernel works on ``(n, ...)`` blocks: ``n`` tensors of one shape, each viewed as its
 rows (see :mod:`._common`); ``red`` is the dimension that runs along a row (2 for the usual
 ``(n, rows, cols)`` layout, 1 for the transposed ``(n, cols, rows)`` layout used for short
-rows). Per-tensor scalars come in as an ``(n, K)`` coefficient table, and per-tensor
-reductions come back as ``(n, S)`` tables, so one call serves one large tensor or a few
-hundred LoRA factors.
+rows). Per-tensor scalars come in as named tuples of ``(n,)`` vectors (the ``*Coef`` classes
+below), and per-tensor reductions come back as named tuples of ``(n,)`` vectors, so one call
+serves one large tensor or a few hundred LoRA factors. ``torch.compile`` takes the named
+tuples as they are (as pytrees: one graph input per field).
 
 The functions are plain eager PyTorch. :func:`compiled` returns a ``torch.compile``-d version
 in which a statistics kernel reads each input once and an update kernel reads each input once
@@ -18,19 +19,34 @@ Arithmetic is done in float32 for (b)float16/float32 tensors and in float64 for 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import subprocess
 import threading
-from typing import Callable
+import warnings
+from typing import Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "DiGraPAdamStatsCoef",
+    "DiGraPAdamUpdateCoef",
+    "DiGraPSgdStatsCoef",
+    "DiGraPSgdUpdateCoef",
+    "DiGraPStats",
+    "FTPAdamCoef",
+    "FTPSgdCoef",
+    "FTPStats",
     "compiled",
     "compute_dtype",
     "digrap_adam_stats",
     "digrap_adam_update",
     "digrap_sgd_stats",
     "digrap_sgd_update",
+    "fields_at",
+    "fields_cat",
+    "fields_to",
     "ftp_adam_candidate",
     "ftp_adam_stats",
     "ftp_adam_update",
@@ -38,6 +54,7 @@ __all__ = [
     "ftp_sgd_candidate",
     "ftp_sgd_stats",
     "ftp_sgd_update",
+    "recompile_scope",
 ]
 
 #: eps of the row-wise L2 normalisation in DiGraP's hyper-gradient (``F.normalize``'s default)
@@ -49,9 +66,115 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _k(coef: Tensor, k: int) -> Tensor:
-    """Column ``k`` of the coefficient table, broadcastable against ``(n, X, Y)``."""
-    return coef[:, k].view(-1, 1, 1)
+# --------------------------------------------------------------------------------------------
+# named per-tensor vectors
+# --------------------------------------------------------------------------------------------
+
+F = TypeVar("F", bound=tuple)
+
+
+def fields_to(fields: F, dtype: torch.dtype) -> F:
+    """Every ``(n,)`` field of a named tuple as ``dtype``."""
+    return type(fields)(*[t.to(dtype) for t in fields])
+
+
+def fields_at(fields: F, sl: slice) -> F:
+    """Members ``sl`` of every field of a named tuple."""
+    return type(fields)(*[t[sl] for t in fields])
+
+
+def fields_cat(parts: Sequence[F]) -> F:
+    """Named tuples of consecutive members joined field by field."""
+    return type(parts[0])(*[torch.cat(ts, 0) for ts in zip(*parts)])
+
+
+def _col(x: Tensor, block: Tensor) -> Tensor:
+    """A per-tensor ``(n,)`` vector broadcastable against an ``(n, ...)`` block."""
+    return x.view(-1, *([1] * (block.dim() - 1)))
+
+
+def _total(x: Tensor) -> Tensor:
+    """Per-tensor sum of an ``(n, ...)`` block of row results."""
+    return x.sum(tuple(range(1, x.dim())))
+
+
+class DiGraPAdamStatsCoef(NamedTuple):
+    """DiGraP's statistics pass on an Adam(W) base: what rebuilds ``P_{t-1}``."""
+
+    prev_lr_bc1: Tensor  # lr_{t-1} / (1 - beta1^(t-1)); 0 when the tensor has no previous step
+    prev_inv_bc2: Tensor  # 1 / (1 - beta2^(t-1))
+    prev_inv_decay: Tensor  # 1 / (1 - lr_{t-1} * wd) with decoupled decay, else 1
+    c_prev: Tensor  # P_{t-1} = c_{t-1} * (theta_{t-1} - theta0)
+
+
+class DiGraPSgdStatsCoef(NamedTuple):
+    """DiGraP's statistics pass on an SGD base."""
+
+    prev_lr: Tensor  # lr_{t-1}; 0 when the tensor has no previous step
+    c_prev: Tensor
+
+
+class DiGraPAdamUpdateCoef(NamedTuple):
+    """DiGraP's Adam(W) update; the applied gradient is ``a*g + b*(theta - theta0) + wdc*theta``."""
+
+    a: Tensor
+    b: Tensor
+    lr_bc1: Tensor  # lr / (1 - beta1^t)
+    inv_bc2: Tensor  # 1 / (1 - beta2^t)
+    decay: Tensor  # 1 - lr*wd with decoupled decay, else 1
+    wdc: Tensor  # coupled L2 (Adam), else 0
+    active: Tensor  # 1: the tensor has a gradient this step; 0: it keeps weights and state
+
+
+class DiGraPSgdUpdateCoef(NamedTuple):
+    """DiGraP's SGD update (applied gradient as for Adam, coupled L2)."""
+
+    a: Tensor
+    b: Tensor
+    lr: Tensor
+    wdc: Tensor
+    first: Tensor  # 1: the momentum buffer is not set yet and starts as the applied gradient
+    active: Tensor
+
+
+class DiGraPStats(NamedTuple):
+    """DiGraP's per-tensor statistics (``D = theta - theta0``)."""
+
+    gd: Tensor  # <g, D>
+    dd: Tensor  # |D|^2
+    gg: Tensor  # |g|^2
+    h: Tensor  # sum over rows of cos(g_row, P_{t-1,row}); 0 without a previous step
+
+
+class FTPAdamCoef(NamedTuple):
+    """FTP's Adam(W) candidate step."""
+
+    lr_bc1: Tensor  # lr / (1 - beta1^t)
+    inv_bc2: Tensor  # 1 / (1 - beta2^t)
+    decay: Tensor  # 1 - lr*wd with decoupled decay, else 1
+    wdc: Tensor  # coupled L2 (Adam), else 0
+    active: Tensor
+
+
+class FTPSgdCoef(NamedTuple):
+    """FTP's SGD candidate step."""
+
+    lr: Tensor
+    wdc: Tensor
+    active: Tensor
+    first: Tensor
+
+
+class FTPStats(NamedTuple):
+    """FTP's per-tensor statistics of the candidate step ``c_t``."""
+
+    hyper: Tensor  # sum_rows <g_row, c_{t-1,row}> / (|c_{t-1,row}|_1 + 1e-8)
+    max_norm: Tensor  # max_rows |c_{t,row}|_1 + 1e-8
+
+
+# --------------------------------------------------------------------------------------------
+# pieces shared by the kernels
+# --------------------------------------------------------------------------------------------
 
 
 def _delta(pf: Tensor, p0: Tensor | None, cdt: torch.dtype) -> Tensor:
@@ -90,33 +213,24 @@ def _sgd_direction(
     return upd, torch.where(act, nb, bf) if masked else nb
 
 
-def _digrap_sums(gf: Tensor, d: Tensor, dp: Tensor | None, cprev: Tensor, red: int) -> Tensor:
+def _digrap_sums(gf: Tensor, d: Tensor, dp: Tensor | None, cprev: Tensor, red: int) -> DiGraPStats:
     """Per-tensor ``<g,D>, |D|^2, |g|^2`` and the hyper-gradient
     ``h = sum_rows cos(g_row, c_prev * D'_row)`` (0 when ``dp`` is None)."""
     gg = (gf * gf).sum(red)
-    out = [(gf * d).sum(red).sum(1), (d * d).sum(red).sum(1), gg.sum(1)]
+    gd, dd = _total((gf * d).sum(red)), _total((d * d).sum(red))
     if dp is None:
-        out.append(torch.zeros_like(out[0]))
-    else:
-        e = (gf * dp).sum(red)
-        q = (dp * dp).sum(red)
-        cp = cprev.view(-1, 1)
-        gnorm = torch.clamp_min(torch.sqrt(gg), NORMALIZE_EPS)
-        pnorm = torch.clamp_min(cp.abs() * torch.sqrt(q), NORMALIZE_EPS)
-        out.append((cp * e / (gnorm * pnorm)).sum(1))
-    return torch.stack(out, 1)
+        return DiGraPStats(gd, dd, _total(gg), torch.zeros_like(gd))
+    e = (gf * dp).sum(red)
+    q = (dp * dp).sum(red)
+    cp = _col(cprev, gg)
+    gnorm = torch.clamp_min(torch.sqrt(gg), NORMALIZE_EPS)
+    pnorm = torch.clamp_min(cp.abs() * torch.sqrt(q), NORMALIZE_EPS)
+    return DiGraPStats(gd, dd, _total(gg), _total(cp * e / (gnorm * pnorm)))
 
 
 # --------------------------------------------------------------------------------------------
 # DiGraP, Adam / AdamW base
 # --------------------------------------------------------------------------------------------
-#
-# stats table:  0: lr_{t-1} / (1 - beta1^(t-1))  (0 when the tensor has no previous step)
-#               1: 1 / (1 - beta2^(t-1))         2: 1 / (1 - lr_{t-1} * wd) (decoupled, else 1)
-#               3: c_{t-1} (P_{t-1} = c_{t-1} * (theta_{t-1} - theta0))
-# update table: 0: a  1: b   -> applied gradient a*g + b*(theta - theta0) + wdc*theta
-#               2: lr / (1 - beta1^t)  3: 1 / (1 - beta2^t)  4: 1 - lr*wd (decoupled, else 1)
-#               5: wdc (coupled L2, else 0)  6: active (1/0)
 
 
 def digrap_adam_stats(
@@ -125,12 +239,12 @@ def digrap_adam_stats(
     p0: Tensor | None,
     m: Tensor,
     v: Tensor,
-    coef: Tensor,
+    coef: DiGraPAdamStatsCoef,
     with_prev: bool,
     eps: float,
     red: int,
-) -> Tensor:
-    """``(n, 4)``: ``<g,D>, |D|^2, |g|^2, h`` with ``D = theta - theta0``.
+) -> DiGraPStats:
+    """``<g,D>, |D|^2, |g|^2, h`` with ``D = theta - theta0``.
 
     The previous weights are recomputed from the current ones and the not-yet-updated Adam
     moments, ``theta_{t-1} = (theta_t + lr_{t-1} m_hat / (sqrt(v_hat) + eps)) / (1 - lr_{t-1} wd)``,
@@ -142,9 +256,9 @@ def digrap_adam_stats(
     d = _delta(pf, p0, cdt)
     dp = None
     if with_prev:
-        u = m.to(cdt) / (torch.sqrt(v.to(cdt) * _k(coef, 1)) + eps)
-        dp = _delta((pf + _k(coef, 0) * u) * _k(coef, 2), p0, cdt)
-    return _digrap_sums(gf, d, dp, coef[:, 3], red)
+        u = m.to(cdt) / (torch.sqrt(v.to(cdt) * _col(coef.prev_inv_bc2, pf)) + eps)
+        dp = _delta((pf + _col(coef.prev_lr_bc1, pf) * u) * _col(coef.prev_inv_decay, pf), p0, cdt)
+    return _digrap_sums(gf, d, dp, coef.c_prev, red)
 
 
 def digrap_adam_update(
@@ -153,7 +267,7 @@ def digrap_adam_update(
     p0: Tensor | None,
     m: Tensor,
     v: Tensor,
-    coef: Tensor,
+    coef: DiGraPAdamUpdateCoef,
     beta1: float,
     beta2: float,
     eps: float,
@@ -164,11 +278,12 @@ def digrap_adam_update(
     pf = p.to(cdt)
     mf = m.to(cdt)
     vf = v.to(cdt)
-    gp = _k(coef, 0) * g.to(cdt) + _k(coef, 1) * _delta(pf, p0, cdt) + _k(coef, 5) * pf
+    c = type(coef)(*[_col(x, pf) for x in coef])
+    gp = c.a * g.to(cdt) + c.b * _delta(pf, p0, cdt) + c.wdc * pf
     mn, vn = _adam_moments(gp, mf, vf, beta1, beta2)
-    pn = _adam_weights(pf, mn, vn, _k(coef, 4), _k(coef, 2), _k(coef, 3), eps)
+    pn = _adam_weights(pf, mn, vn, c.decay, c.lr_bc1, c.inv_bc2, eps)
     if masked:
-        act = _k(coef, 6) > 0
+        act = c.active > 0
         mn = torch.where(act, mn, mf)
         vn = torch.where(act, vn, vf)
         pn = torch.where(act, pn, pf)
@@ -180,9 +295,6 @@ def digrap_adam_update(
 # --------------------------------------------------------------------------------------------
 # DiGraP, SGD base (momentum, Nesterov or plain; coupled L2)
 # --------------------------------------------------------------------------------------------
-#
-# stats table:  0: lr_{t-1} (0 when none)  1, 2: unused  3: c_{t-1}
-# update table: 0: a  1: b  2: lr  3: wdc  4: first (1: momentum buffer not yet set)  5: active
 
 
 def digrap_sgd_stats(
@@ -190,18 +302,18 @@ def digrap_sgd_stats(
     p: Tensor,
     p0: Tensor | None,
     prev_update: Tensor | None,
-    coef: Tensor,
+    coef: DiGraPSgdStatsCoef,
     with_prev: bool,
     red: int,
-) -> Tensor:
+) -> DiGraPStats:
     """As :func:`digrap_adam_stats`, with ``theta_{t-1} = theta_t + lr_{t-1} * update_{t-1}``."""
     cdt = compute_dtype(p.dtype)
     gf = g.to(cdt)
     d = _delta(p.to(cdt), p0, cdt)
     dp = None
     if with_prev and prev_update is not None:
-        dp = d + _k(coef, 0) * prev_update.to(cdt)
-    return _digrap_sums(gf, d, dp, coef[:, 3], red)
+        dp = d + _col(coef.prev_lr, d) * prev_update.to(cdt)
+    return _digrap_sums(gf, d, dp, coef.c_prev, red)
 
 
 def digrap_sgd_update(
@@ -210,7 +322,7 @@ def digrap_sgd_update(
     p0: Tensor | None,
     buf: Tensor | None,
     last: Tensor | None,
-    coef: Tensor,
+    coef: DiGraPSgdUpdateCoef,
     momentum: float,
     dampening: float,
     nesterov: bool,
@@ -220,15 +332,16 @@ def digrap_sgd_update(
     ``a*g + b*(theta - theta0) + wdc*theta``; ``last`` receives the update direction."""
     cdt = compute_dtype(p.dtype)
     pf = p.to(cdt)
-    gp = _k(coef, 0) * g.to(cdt) + _k(coef, 1) * _delta(pf, p0, cdt) + _k(coef, 3) * pf
-    act = _k(coef, 5) > 0
-    upd, nb = _sgd_direction(gp, buf, _k(coef, 4) > 0, act, momentum, dampening, nesterov, masked, cdt)
+    c = type(coef)(*[_col(x, pf) for x in coef])
+    gp = c.a * g.to(cdt) + c.b * _delta(pf, p0, cdt) + c.wdc * pf
+    act = c.active > 0
+    upd, nb = _sgd_direction(gp, buf, c.first > 0, act, momentum, dampening, nesterov, masked, cdt)
     if buf is not None:
         buf.copy_(nb)
     if last is not None:
         lf = last.to(cdt)
         last.copy_(torch.where(act, upd, lf) if masked else upd)
-    pn = pf - _k(coef, 2) * upd
+    pn = pf - c.lr * upd
     p.copy_(torch.where(act, pn, pf) if masked else pn)
 
 
@@ -244,69 +357,71 @@ def digrap_sgd_update(
 #   then one pass that takes the candidate step again and projects it. Inductor's CPU backend
 #   puts a reduction and tensor-sized stores into separate loops, so the eager pair compiled
 #   would read its inputs three times; this pair reads them twice.
-#
-# table (Adam): 0: lr / (1 - beta1^t)  1: 1 / (1 - beta2^t)  2: 1 - lr*wd (decoupled)
-#               3: wdc (coupled)  4: active  [5: gamma, update pass only]
-# table (SGD):  0: lr  1: unused  2: unused  3: wdc (coupled)  4: active  5: first
-#               [6: gamma, update pass only]
+# ``gamma`` (the radius, ``(n,)``) comes in separately: the candidate step does not need it.
 
 
-def _ftp_sums(gf: Tensor, cn: Tensor, cprev: Tensor, red: int) -> tuple[Tensor, Tensor]:
+def _ftp_sums(gf: Tensor, cn: Tensor, cprev: Tensor, red: int) -> tuple[FTPStats, Tensor]:
     rownorm = cn.abs().sum(red) + 1e-8  # (n, rows)
     prevnorm = cprev.abs().sum(red) + 1e-8
-    gg = ((gf * cprev).sum(red) / prevnorm).sum(1)
-    return torch.stack([gg, rownorm.amax(1)], 1), rownorm
+    hyper = _total((gf * cprev).sum(red) / prevnorm)
+    return FTPStats(hyper, rownorm.amax(tuple(range(1, rownorm.dim())))), rownorm
 
 
-def _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt):  # noqa: ANN001, ANN202
+def _ftp_adam_candidate(g, p, p0, m, v, coef: FTPAdamCoef, beta1, beta2, eps, masked, cdt):  # noqa: ANN001, ANN202
     """Adam(W)'s candidate step: ``(g, theta, m_new, v_new, c = theta_new - theta0)`` in ``cdt``
     (members that are not active keep their moments when ``masked``; ``c`` is not masked)."""
     gf = g.to(cdt)
     pf = p.to(cdt)
     mf, vf = m.to(cdt), v.to(cdt)
-    gp = gf + _k(coef, 3) * pf
+    c = type(coef)(*[_col(x, pf) for x in coef])
+    gp = gf + c.wdc * pf
     mn, vn = _adam_moments(gp, mf, vf, beta1, beta2)
-    cn = _delta(_adam_weights(pf, mn, vn, _k(coef, 2), _k(coef, 0), _k(coef, 1), eps), p0, cdt)
+    cn = _delta(_adam_weights(pf, mn, vn, c.decay, c.lr_bc1, c.inv_bc2, eps), p0, cdt)
     if masked:
-        act = _k(coef, 4) > 0
+        act = c.active > 0
         mn = torch.where(act, mn, mf)
         vn = torch.where(act, vn, vf)
     return gf, pf, mn, vn, cn
 
 
-def _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt):  # noqa: ANN001, ANN202
+def _ftp_sgd_candidate(g, p, p0, buf, coef: FTPSgdCoef, momentum, dampening, nesterov, masked,  # noqa: ANN001, ANN202
+                       cdt):  # noqa: ANN001
     """SGD's candidate step: ``(g, theta, new momentum buffer or None, c = theta_new - theta0)``."""
     gf = g.to(cdt)
     pf = p.to(cdt)
-    gp = gf + _k(coef, 3) * pf
-    upd, nb = _sgd_direction(gp, buf, _k(coef, 5) > 0, _k(coef, 4) > 0, momentum, dampening, nesterov, masked, cdt)
-    return gf, pf, nb, _delta(pf - _k(coef, 0) * upd, p0, cdt)
+    c = type(coef)(*[_col(x, pf) for x in coef])
+    gp = gf + c.wdc * pf
+    upd, nb = _sgd_direction(gp, buf, c.first > 0, c.active > 0, momentum, dampening, nesterov, masked, cdt)
+    return gf, pf, nb, _delta(pf - c.lr * upd, p0, cdt)
 
 
-def _ftp_stats(gf: Tensor, cn: Tensor, cbuf: Tensor, coef: Tensor, red: int, masked: bool) -> tuple[Tensor, Tensor]:
+def _ftp_stats(gf: Tensor, cn: Tensor, cbuf: Tensor, active: Tensor, red: int, masked: bool) -> tuple[FTPStats, Tensor]:
     cp = cbuf.to(cn.dtype)
     if masked:  # idle members: their (unused) row norms come from c_prev
-        cn = torch.where(_k(coef, 4) > 0, cn, cp)
+        cn = torch.where(_col(active, cn) > 0, cn, cp)
     return _ftp_sums(gf, cn, cp, red)
 
 
-def _ftp_write(p: Tensor, p0: Tensor | None, pf: Tensor, cbuf: Tensor, cn: Tensor, rownorm: Tensor, coef: Tensor,
-               red: int, masked: bool) -> None:
-    """``theta = theta0 + clamp(gamma / (|c_row|_1 + 1e-8), 0, 1) * c`` and ``c_prev = c``, in
-    place (idle members keep both when ``masked``)."""
-    scale = torch.clamp(coef[:, -1:] / rownorm, 0.0, 1.0).unsqueeze(red)
+def _ftp_projected(p0: Tensor | None, cn: Tensor, rownorm: Tensor, gamma: Tensor, red: int) -> Tensor:
+    """``theta0 + clamp(gamma / (|c_row|_1 + 1e-8), 0, 1) * c``."""
+    scale = torch.clamp(_col(gamma, rownorm) / rownorm, 0.0, 1.0).unsqueeze(red)
     new = scale * cn
-    if p0 is not None:
-        new = p0.to(cn.dtype) + new
+    return p0.to(cn.dtype) + new if p0 is not None else new
+
+
+def _ftp_write(p: Tensor, p0: Tensor | None, pf: Tensor, cbuf: Tensor, cn: Tensor, rownorm: Tensor, gamma: Tensor,
+               active: Tensor, red: int, masked: bool) -> None:
+    """The projected weights and ``c_prev = c``, in place (idle members keep both when ``masked``)."""
+    new = _ftp_projected(p0, cn, rownorm, gamma, red)
     if masked:
-        new = torch.where(_k(coef, 4) > 0, new, pf)
-    _ftp_keep_c(cbuf, cn, coef, masked)
+        new = torch.where(_col(active, new) > 0, new, pf)
+    _ftp_keep_c(cbuf, cn, active, masked)
     p.copy_(new)
 
 
-def _ftp_keep_c(cbuf: Tensor, cn: Tensor, coef: Tensor, masked: bool) -> None:
+def _ftp_keep_c(cbuf: Tensor, cn: Tensor, active: Tensor, masked: bool) -> None:
     """``c_prev = c`` (idle members keep theirs when ``masked``)."""
-    cbuf.copy_(torch.where(_k(coef, 4) > 0, cn, cbuf.to(cn.dtype)) if masked else cn)
+    cbuf.copy_(torch.where(_col(active, cn) > 0, cn, cbuf.to(cn.dtype)) if masked else cn)
 
 
 def ftp_adam_candidate(
@@ -316,21 +431,21 @@ def ftp_adam_candidate(
     m: Tensor,
     v: Tensor,
     cbuf: Tensor,
-    coef: Tensor,
+    coef: FTPAdamCoef,
     beta1: float,
     beta2: float,
     eps: float,
     red: int,
     masked: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[FTPStats, Tensor]:
     """Adam(W) step to the unconstrained weights (eager pair): writes the moments and ``c``
     (``c_{t-1} -> c_t``), not the weights; returns :func:`ftp_adam_stats`'s statistics."""
     cdt = compute_dtype(p.dtype)
     gf, _, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt)
-    out = _ftp_stats(gf, cn, cbuf, coef, red, masked)
+    out = _ftp_stats(gf, cn, cbuf, coef.active, red, masked)
     m.copy_(mn)
     v.copy_(vn)
-    _ftp_keep_c(cbuf, cn, coef, masked)
+    _ftp_keep_c(cbuf, cn, coef.active, masked)
     return out
 
 
@@ -340,32 +455,30 @@ def ftp_sgd_candidate(
     p0: Tensor | None,
     buf: Tensor | None,
     cbuf: Tensor,
-    coef: Tensor,
+    coef: FTPSgdCoef,
     momentum: float,
     dampening: float,
     nesterov: bool,
     red: int,
     masked: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[FTPStats, Tensor]:
     """As :func:`ftp_adam_candidate` for the SGD candidate step."""
     cdt = compute_dtype(p.dtype)
     gf, _, nb, cn = _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt)
-    out = _ftp_stats(gf, cn, cbuf, coef, red, masked)
+    out = _ftp_stats(gf, cn, cbuf, coef.active, red, masked)
     if buf is not None:
         buf.copy_(nb)
-    _ftp_keep_c(cbuf, cn, coef, masked)
+    _ftp_keep_c(cbuf, cn, coef.active, masked)
     return out
 
 
-def ftp_project(p: Tensor, p0: Tensor | None, cbuf: Tensor, rownorm: Tensor, coef: Tensor, red: int, masked: bool) -> None:
+def ftp_project(p: Tensor, p0: Tensor | None, cbuf: Tensor, rownorm: Tensor, gamma: Tensor, active: Tensor, red: int,
+                masked: bool) -> None:
     """Eager pair: ``theta = theta0 + clamp(gamma / (|c_row|_1 + 1e-8), 0, 1) * c``, in place."""
     cdt = compute_dtype(p.dtype)
-    scale = torch.clamp(coef[:, -1:] / rownorm, 0.0, 1.0).unsqueeze(red)
-    new = scale * cbuf.to(cdt)
-    if p0 is not None:
-        new = p0.to(cdt) + new
+    new = _ftp_projected(p0, cbuf.to(cdt), rownorm, gamma, red)
     if masked:
-        new = torch.where(_k(coef, 4) > 0, new, p.to(cdt))
+        new = torch.where(_col(active, new) > 0, new, p.to(cdt))
     p.copy_(new)
 
 
@@ -376,21 +489,18 @@ def ftp_adam_stats(
     m: Tensor,
     v: Tensor,
     cbuf: Tensor,
-    coef: Tensor,
+    coef: FTPAdamCoef,
     beta1: float,
     beta2: float,
     eps: float,
     red: int,
     masked: bool,
-) -> tuple[Tensor, Tensor]:
-    """Statistics of the Adam(W) candidate step ``c_t`` (nothing is written).
-
-    Returns ``(n, 2)``: ``sum_rows <g_row, c_{t-1,row}> / (|c_{t-1,row}|_1 + 1e-8)`` and
-    ``max_rows |c_t,row|_1 + 1e-8``; and the row norms ``|c_t,row|_1 + 1e-8`` ``(n, rows)``.
-    """
+) -> tuple[FTPStats, Tensor]:
+    """Statistics of the Adam(W) candidate step ``c_t`` (nothing is written), and the row
+    norms ``|c_t,row|_1 + 1e-8`` ``(n, rows)``."""
     cdt = compute_dtype(p.dtype)
     gf, _, _, _, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt)
-    return _ftp_stats(gf, cn, cbuf, coef, red, masked)
+    return _ftp_stats(gf, cn, cbuf, coef.active, red, masked)
 
 
 def ftp_adam_update(
@@ -401,7 +511,8 @@ def ftp_adam_update(
     v: Tensor,
     cbuf: Tensor,
     rownorm: Tensor,
-    coef: Tensor,
+    coef: FTPAdamCoef,
+    gamma: Tensor,
     beta1: float,
     beta2: float,
     eps: float,
@@ -413,7 +524,7 @@ def ftp_adam_update(
     _, pf, mn, vn, cn = _ftp_adam_candidate(g, p, p0, m, v, coef, beta1, beta2, eps, masked, cdt)
     m.copy_(mn)
     v.copy_(vn)
-    _ftp_write(p, p0, pf, cbuf, cn, rownorm, coef, red, masked)
+    _ftp_write(p, p0, pf, cbuf, cn, rownorm, gamma, coef.active, red, masked)
 
 
 def ftp_sgd_stats(
@@ -422,17 +533,17 @@ def ftp_sgd_stats(
     p0: Tensor | None,
     buf: Tensor | None,
     cbuf: Tensor,
-    coef: Tensor,
+    coef: FTPSgdCoef,
     momentum: float,
     dampening: float,
     nesterov: bool,
     red: int,
     masked: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[FTPStats, Tensor]:
     """As :func:`ftp_adam_stats` for the SGD (coupled L2, momentum / Nesterov) candidate step."""
     cdt = compute_dtype(p.dtype)
     gf, _, _, cn = _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt)
-    return _ftp_stats(gf, cn, cbuf, coef, red, masked)
+    return _ftp_stats(gf, cn, cbuf, coef.active, red, masked)
 
 
 def ftp_sgd_update(
@@ -442,7 +553,8 @@ def ftp_sgd_update(
     buf: Tensor | None,
     cbuf: Tensor,
     rownorm: Tensor,
-    coef: Tensor,
+    coef: FTPSgdCoef,
+    gamma: Tensor,
     momentum: float,
     dampening: float,
     nesterov: bool,
@@ -454,7 +566,7 @@ def ftp_sgd_update(
     _, pf, nb, cn = _ftp_sgd_candidate(g, p, p0, buf, coef, momentum, dampening, nesterov, masked, cdt)
     if buf is not None:
         buf.copy_(nb)
-    _ftp_write(p, p0, pf, cbuf, cn, rownorm, coef, red, masked)
+    _ftp_write(p, p0, pf, cbuf, cn, rownorm, gamma, coef.active, red, masked)
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,33 +586,64 @@ _cache: dict[tuple[Callable, bool], Callable] = {}
 
 #: recompiles allowed per kernel: flags x size-1 dimensions x (static) distinct large shapes
 RECOMPILE_LIMIT = 256
+#: torch.compile takes a recompile limit of its own per compiled function from torch 2.14 on;
+#: before, there is only the process-wide one (see :func:`recompile_scope`)
+_LIMIT_PER_FUNCTION = "recompile_limit" in inspect.signature(torch.compile).parameters
 
 
 def compiled(fn: Callable, *, static: bool = False) -> Callable:
     """``torch.compile(fn)``, cached per kernel and mode (shared by all optimizers).
 
     ``static=False`` compiles for dynamic shapes (one compiled kernel serves every bucket);
-    ``static=True`` specialises on each shape, which lets the C++ code drop tail loops and
-    index arithmetic (~10% faster on large tensors, one compile per distinct shape): used for
+    ``static=True`` specialises on each shape, which lets the generated code drop tail loops and
+    index arithmetic (faster on large tensors, one compile per distinct shape): used for
     the large tensors that are processed in place. Each kernel also specialises on its flags
-    (reduction dim, masked, with_prev, anchor or not) and on size-1 dimensions, so the
-    recompile limit is raised to fit them. If compiling fails (no C compiler, an unsupported
-    build), the kernel falls back to eager for the rest of the process, with one warning:
-    same results, only slower.
+    (reduction dim, masked, with_prev, anchor or not) and on size-1 dimensions, more than
+    torch's default of 8 recompiles, so each kernel gets a limit of :data:`RECOMPILE_LIMIT`
+    of its own (torch's setting is left alone). If compiling fails (no C compiler, an
+    unsupported build), the kernel falls back to eager for the rest of the process, with
+    one warning: same results, only slower.
     """
     with _lock:
         out = _cache.get((fn, static))
         if out is None:
-            import torch._dynamo
-
-            cfg = torch._dynamo.config
-            for key in ("recompile_limit", "cache_size_limit"):
-                if hasattr(cfg, key):
-                    setattr(cfg, key, max(getattr(cfg, key), RECOMPILE_LIMIT))
-            comp = torch.compile(fn, dynamic=not static, options=dict(_INDUCTOR_OPTIONS))
+            limit = {"recompile_limit": RECOMPILE_LIMIT} if _LIMIT_PER_FUNCTION else {}
+            comp = torch.compile(fn, dynamic=not static, options=dict(_INDUCTOR_OPTIONS), **limit)
             out = _with_eager_fallback(fn, comp)
             _cache[(fn, static)] = out
         return out
+
+
+@contextlib.contextmanager
+def recompile_scope() -> Iterator[None]:
+    """Around a compiled optimizer step: where torch has no recompile limit per compiled
+    function (torch 2.13), raise the process-wide one to :data:`RECOMPILE_LIMIT` while the
+    step runs and put it back afterwards. Once per step, not per kernel call: changing torch's
+    config costs microseconds, and a step makes a few hundred kernel calls. With torch 2.14
+    on, nothing."""
+    if _LIMIT_PER_FUNCTION:
+        yield
+        return
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    old = cfg.recompile_limit
+    cfg.recompile_limit = max(old, RECOMPILE_LIMIT)
+    try:
+        yield
+    finally:
+        cfg.recompile_limit = old
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What a failed compile raises: dynamo wraps backend failures (inductor's lowering and
+    C++ compile errors, a missing compiler) into its own exceptions, and the code cache can
+    raise the C++ compile errors or a file-system error itself at the first call. Errors of
+    the kernel's own (a bad shape, out of memory) are none of these and propagate."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError, InvalidCxxCompiler
+
+    return (TorchDynamoException, CppCompileError, InvalidCxxCompiler, subprocess.CalledProcessError, OSError)
 
 
 def _with_eager_fallback(eager: Callable, comp: Callable) -> Callable:
@@ -510,11 +653,10 @@ def _with_eager_fallback(eager: Callable, comp: Callable) -> Callable:
         if not state["failed"]:
             try:
                 return comp(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
-                import warnings
-
+            except _compile_errors() as exc:
                 state["failed"] = True
-                warnings.warn(f"torch.compile of {eager.__name__} failed ({type(exc).__name__}); running eagerly", stacklevel=2)
+                warnings.warn(f"torch.compile of {eager.__name__} failed ({type(exc).__name__}); running eagerly",
+                              stacklevel=2)
         return eager(*args, **kwargs)
 
     return run

@@ -8,9 +8,16 @@ all-reduce: the optimizer only reads ``p.grad``)::
     omega = 0                                              at the tensor's first step
             clamp(Adam_mu(omega; h), 0, 1)                 afterwards (trainable)
             the fixed value                                (fixed-omega variant)
-        h = sum over rows of cos(g1_row, P_prev_row)       (rows: dim 0; 1-D: whole tensor)
+        h = sum over rows of cos(g1_row, P_prev_row)       (rows: below)
     g  = g1 - omega * P      if d < 0 (conflict), else g1
     base step (Adam, AdamW or SGD) with g
+
+The rows of ``h`` are the vectors that the authors' code normalises with
+``F.normalize(t, dim=1)``: the rows of a matrix; for a tensor of three or more dimensions the
+vectors along dim 1, one per index of the other dimensions (a conv kernel ``(out, in, kh, kw)``
+gives one vector over the input channels per output channel and kernel position, not one
+flattened row per output channel). A 1-D or 0-d tensor (a bias, a norm weight) is one vector;
+there the authors' ``dim=1`` does not exist.
 
 Two-sided (PCGrad) variant, ``two_sided=lam``: the regulariser gradient ``lam * D`` is added
 and projected against ``g1`` as well::
@@ -46,15 +53,19 @@ from ._common import Bucket, Gathered, Layout, bias_correction, scalar_adam
 
 __all__ = ["DiGraP"]
 
-_SCALARS = (
-    "step",
-    "omega",
-    "omega_exp_avg",
-    "omega_exp_avg_sq",
-    "proj_coef",
-    "prev_lr",
-    "prev_decay",
-)
+
+
+class _Scalars(NamedTuple):
+    """DiGraP's per-tensor scalar state, ``(n,)`` each; the names are the keys in
+    ``optimizer.state[p]``."""
+
+    step: Tensor  # the tensor's own step count
+    omega: Tensor  # the projection strength
+    omega_exp_avg: Tensor  # Adam on omega
+    omega_exp_avg_sq: Tensor
+    proj_coef: Tensor  # c of the last step: P = c * (theta - theta0)
+    prev_lr: Tensor  # the last step's learning rate
+    prev_decay: Tensor  # the last step's decoupled decay factor 1 - lr*wd (else 1)
 
 
 class DiGraP(BucketedBase):
@@ -76,12 +87,8 @@ class DiGraP(BucketedBase):
         betas, eps: Adam's; ``momentum``, ``dampening``, ``nesterov``: SGD's.
         weight_decay: the base optimizer's weight decay (see the module docstring).
         omega_betas, omega_eps: Adam on omega (authors: (0.9, 0.999), 1e-8).
-        compile: run the fused ``torch.compile`` kernels (the fast path; the first step
-            compiles, ~10-60 s on CPU). ``False`` runs the same kernels eagerly.
-        native: with ``compile=True``, step large float32 CPU tensors of Adam/AdamW groups
-            with hand-written C++ loops (:mod:`._native`; built on first use, ~20-40 s once
-            per machine; about 1.2x faster than the compiled kernels there). Falls back to
-            the compiled kernels, with a warning, where it cannot be built.
+        compile: run the fused ``torch.compile`` kernels (the fast path, CPU and GPU; the
+            first step compiles). ``False`` runs the same kernels eagerly.
         foreach, fused: passed to torch's implementation for groups that take the plain step.
 
     Logging: :meth:`omegas` gives ``{name: omega}`` per projected tensor, :meth:`omega_mean`
@@ -91,7 +98,9 @@ class DiGraP(BucketedBase):
     ``torch.optim.Adam/AdamW/SGD``'s step (same kernels, same numbers).
     """
 
-    scalar_names = _SCALARS
+    Scalars = _Scalars
+    scalar_names = _Scalars._fields
+    split_dim1 = True  # the hyper-gradient's rows (module docstring)
 
     def __init__(
         self,
@@ -113,7 +122,6 @@ class DiGraP(BucketedBase):
         omega_betas: tuple[float, float] = (0.9, 0.999),
         omega_eps: float = 1e-8,
         compile: bool = False,
-        native: bool = True,
         foreach: bool | None = None,
         fused: bool | None = None,
     ):
@@ -122,7 +130,7 @@ class DiGraP(BucketedBase):
             weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
             omega_betas=tuple(omega_betas), omega_eps=omega_eps,
         )
-        super().__init__(params, defaults, compile=compile, native=native, base=base, exclude=exclude, foreach=foreach,
+        super().__init__(params, defaults, compile=compile, base=base, exclude=exclude, foreach=foreach,
                          fused=fused)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -194,7 +202,7 @@ class DiGraP(BucketedBase):
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         cfg = self._config(group, lay)
         dev, sdt = lay.device, lay.sdtype
-        table, act_f, lr = self._step_inputs(group, lay, step)
+        sc, act_f, lr = self._step_inputs(group, lay, step)
         # Members whose b is 0 (no conflict, or omega = 0) do not need the anchor; a bucket
         # whose members all have b = 0 skips reading it in the update (1 of 8 memory streams
         # of the Adam update). Only on the CPU: on a GPU the check would be a host sync.
@@ -203,60 +211,57 @@ class DiGraP(BucketedBase):
         if self._compile:
             # Per bucket: statistics and per-tensor scalars (one compiled graph), then the
             # update, back to back, so that the update finds the bucket's tensors still in
-            # cache where they fit (2-9% of the step in benchmarks/bench_optim.py).
+            # cache where they fit.
             fused = self._kernel(_stats_and_scalars)
-            native = self._native_step(lay, table, "digrap_adam_step", ("exp_avg", "exp_avg_sq"),
-                                       lambda: _native_hparams(cfg, float(group["lr"])))
 
-            def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
+            def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> _Scalars:
                 g, p, _ = gat
-                new = native(b, g, p)  # large float32 CPU tensors: the C++ step
-                if new is not None:
-                    return new
                 cupd, new, projects = fused(b)(
                     g, p, b.bufs.get("anchor"), b.bufs.get("exp_avg"), b.bufs.get("exp_avg_sq"), _prev_update(b),
-                    table[sl], act_f[sl], lr, cfg, b.red_dim,
+                    K.fields_at(sc, sl), act_f[sl], lr, cfg, b.red_dim,
                 )
                 self._update(lay, b, gat, upd_fn(b), cupd, cfg, not check_b or bool(projects))
                 return new
 
-            new_table = self._per_bucket(lay, step, table, run)
+            new = self._per_bucket(lay, step, sc, run)
         else:
-            cstats = _stats_coef(table, cfg)
+            cstats = _stats_coef(sc, cfg)
             outs = []
             for b, gat in zip(lay.buckets, step.blocks):
                 if gat is None:
-                    outs.append(torch.zeros((b.n, 4), dtype=sdt, device=dev))
+                    outs.append(K.DiGraPStats(*torch.zeros((4, b.n), dtype=sdt, device=dev)))
                 else:
-                    outs.append(self._bucket_stats(b, gat, cstats[b.slots.start : b.slots.stop], cfg))
-            cupd, new_table = _scalars(torch.cat(outs, 0), table, act_f, lr, cfg)
-            projects = cupd[:, 1].ne(0).tolist() if check_b else None
+                    members = slice(b.slots.start, b.slots.stop)
+                    outs.append(self._bucket_stats(b, gat, K.fields_at(cstats, members), cfg))
+            cupd, new = _scalars(K.fields_cat(outs), sc, act_f, lr, cfg)
+            projects = cupd.b.ne(0).tolist() if check_b else None
             for b, gat in zip(lay.buckets, step.blocks):
                 if gat is not None:
                     sl = slice(b.slots.start, b.slots.stop)
                     reads_anchor = projects is None or any(projects[sl])
-                    self._update(lay, b, gat, upd_fn(b), cupd[sl], cfg, reads_anchor)
-        self._commit(lay, step, new_table)
+                    self._update(lay, b, gat, upd_fn(b), K.fields_at(cupd, sl), cfg, reads_anchor)
+        self._commit(lay, step, new)
 
-    def _bucket_stats(self, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], cstats: Tensor, cfg: _Config) -> Tensor:
-        """Eager ``(n, 4)`` statistics of bucket ``b`` (``cstats``: its rows of the statistics
-        coefficient table), summed over its row blocks."""
+    def _bucket_stats(self, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], cstats: Any,
+                      cfg: _Config) -> K.DiGraPStats:
+        """Eager statistics of bucket ``b`` (``cstats``: its members' statistics
+        coefficients), summed over its row blocks."""
         g, p, _ = gat
-        cs = cstats.to(K.compute_dtype(p.dtype))
+        cs = K.fields_to(cstats, K.compute_dtype(p.dtype))
         bufs = [b.bufs.get("anchor"), b.bufs.get("exp_avg"), b.bufs.get("exp_avg_sq"), _prev_update(b)]
         out = None
         for sl in self._row_blocks(b):  # per-tensor sums add up over row blocks
             o = _stats(rows(g, sl), rows(p, sl), *(rows(t, sl) for t in bufs), cs, cfg, b.red_dim)
-            out = o if out is None else out + o
+            out = o if out is None else K.DiGraPStats(*[x + y for x, y in zip(out, o)])
         assert out is not None
-        return out.to(cstats.dtype)
+        return K.fields_to(out, cstats.c_prev.dtype)
 
-    def _update(self, lay: Layout, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], fn: Callable, cupd: Tensor,
+    def _update(self, lay: Layout, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], fn: Callable, cupd: Any,
                 cfg: _Config, reads_anchor: bool) -> None:
-        """Base step of bucket ``b`` with the projected gradient (update table ``cupd``)."""
+        """Base step of bucket ``b`` with the projected gradient (update coefficients ``cupd``)."""
         g, p, act = gat
         p0 = b.bufs.get("anchor") if reads_anchor else None
-        cu = cupd.to(K.compute_dtype(p.dtype))
+        cu = K.fields_to(cupd, K.compute_dtype(p.dtype))
         masked = len(act) < b.n
         for sl in self._row_blocks(b):
             R = lambda t: rows(t, sl)  # noqa: E731
@@ -296,36 +301,38 @@ def _prev_update(b: Bucket) -> Tensor | None:
     return b.bufs.get("last_update", b.bufs.get("momentum_buffer"))
 
 
-def _stats_coef(table: Tensor, cfg: _Config) -> Tensor:
-    """The statistics kernels' ``(n, 4)`` coefficient table (see :mod:`._kernels`) from the
-    per-tensor scalars ``table`` (columns ``_SCALARS``)."""
-    t, c_prev, prev_lr, prev_decay = table[:, 0], table[:, 4], table[:, 5], table[:, 6]
+def _stats_coef(sc: _Scalars, cfg: _Config) -> K.DiGraPAdamStatsCoef | K.DiGraPSgdStatsCoef:
+    """The statistics kernels' coefficients from the per-tensor scalars."""
+    t = sc.step
     has_prev = t > 0
     zero, one = torch.zeros_like(t), torch.ones_like(t)
     if cfg.base == "sgd":
-        return torch.stack([torch.where(has_prev, prev_lr, zero), zero, zero, c_prev], 1)
-    k1 = torch.where(has_prev, prev_lr / bias_correction(cfg.beta1, t), zero)
-    k2 = torch.where(has_prev, 1.0 / bias_correction(cfg.beta2, t), one)
-    k3 = torch.where(has_prev, 1.0 / prev_decay, one)
-    return torch.stack([k1, k2, k3, c_prev], 1)
+        return K.DiGraPSgdStatsCoef(prev_lr=torch.where(has_prev, sc.prev_lr, zero), c_prev=sc.proj_coef)
+    return K.DiGraPAdamStatsCoef(
+        prev_lr_bc1=torch.where(has_prev, sc.prev_lr / bias_correction(cfg.beta1, t), zero),
+        prev_inv_bc2=torch.where(has_prev, 1.0 / bias_correction(cfg.beta2, t), one),
+        prev_inv_decay=torch.where(has_prev, 1.0 / sc.prev_decay, one),
+        c_prev=sc.proj_coef,
+    )
 
 
-def _stats(g, p, p0, m, v, prev, cs, cfg: _Config, red: int) -> Tensor:  # noqa: ANN001
+def _stats(g, p, p0, m, v, prev, cs, cfg: _Config, red: int) -> K.DiGraPStats:  # noqa: ANN001
     if cfg.base == "sgd":
         return K.digrap_sgd_stats(g, p, p0, prev, cs, cfg.with_prev, red)
     return K.digrap_adam_stats(g, p, p0, m, v, cs, cfg.with_prev, cfg.eps, red)
 
 
-def _scalars(stats: Tensor, table: Tensor, act: Tensor, lr: Tensor, cfg: _Config) -> tuple[Tensor, Tensor]:
-    """From the statistics ``<g,D>, |D|^2, |g|^2, h`` of ``n`` tensors and their scalars
-    ``table``: the update kernels' coefficient table and the new scalars (columns ``_SCALARS``)."""
-    d, dd, gg, h = stats.unbind(1)
-    t = table[:, 0]
+def _scalars(stats: K.DiGraPStats, sc: _Scalars, act: Tensor, lr: Tensor,
+             cfg: _Config) -> tuple[K.DiGraPAdamUpdateCoef | K.DiGraPSgdUpdateCoef, _Scalars]:
+    """From the statistics of ``n`` tensors and their scalars ``sc``: the update kernels'
+    coefficients and the new scalars."""
+    d, dd, gg, h = stats
+    t = sc.step
     tn = t + 1
     zero, one = torch.zeros_like(d), torch.ones_like(d)
-    om_m, om_v = table[:, 2], table[:, 3]
+    om_m, om_v = sc.omega_exp_avg, sc.omega_exp_avg_sq
     if cfg.omega is None:
-        om, m_new, v_new = scalar_adam(table[:, 1], om_m, om_v, h, tn, cfg.mu, cfg.omega_betas, cfg.omega_eps)
+        om, m_new, v_new = scalar_adam(sc.omega, om_m, om_v, h, tn, cfg.mu, cfg.omega_betas, cfg.omega_eps)
         first = tn == 1  # omega starts at 0 and learns from the tensor's second step on
         om = torch.where(first, zero, torch.clamp(om, 0.0, 1.0))
         om_m = torch.where(first, om_m, m_new)
@@ -343,36 +350,29 @@ def _scalars(stats: Tensor, table: Tensor, act: Tensor, lr: Tensor, cfg: _Config
         bcoef = lam - torch.where(conflict, om * c, zero)
     lr_v = lr.expand_as(d)
     wd = cfg.weight_decay
+    cupd: K.DiGraPAdamUpdateCoef | K.DiGraPSgdUpdateCoef
     if cfg.base == "sgd":
         decay = one
-        cupd = torch.stack([a, bcoef, lr_v, torch.full_like(d, wd), (t == 0).to(d.dtype), act], 1)
+        cupd = K.DiGraPSgdUpdateCoef(a=a, b=bcoef, lr=lr_v, wdc=torch.full_like(d, wd), first=(t == 0).to(d.dtype),
+                                     active=act)
     else:
         decay = 1.0 - lr_v * wd if cfg.base == "adamw" else one
-        wdc = wd if cfg.base == "adam" else 0.0
-        cupd = torch.stack(
-            [a, bcoef, lr_v / bias_correction(cfg.beta1, tn), 1.0 / bias_correction(cfg.beta2, tn),
-             decay, torch.full_like(d, wdc), act], 1,
+        cupd = K.DiGraPAdamUpdateCoef(
+            a=a, b=bcoef, lr_bc1=lr_v / bias_correction(cfg.beta1, tn), inv_bc2=1.0 / bias_correction(cfg.beta2, tn),
+            decay=decay, wdc=torch.full_like(d, wd if cfg.base == "adam" else 0.0), active=act,
         )
-    return cupd, torch.stack([tn, om, om_m, om_v, c, lr_v, decay], 1)
+    new = _Scalars(step=tn, omega=om, omega_exp_avg=om_m, omega_exp_avg_sq=om_v, proj_coef=c, prev_lr=lr_v,
+                   prev_decay=decay)
+    return cupd, new
 
 
-def _stats_and_scalars(g, p, p0, m, v, prev, table, act, lr, cfg: _Config, red: int):  # noqa: ANN001, ANN201
+def _stats_and_scalars(g, p, p0, m, v, prev, sc: _Scalars, act, lr, cfg: _Config, red: int):  # noqa: ANN001, ANN201
     """One bucket's statistics pass and scalar math (compiled as one graph): returns the
-    update table in the kernels' dtype, the new scalars, and whether any member projects."""
+    update coefficients in the kernels' dtype, the new scalars, and whether any member projects."""
     cdt = K.compute_dtype(p.dtype)
-    stats = _stats(g, p, p0, m, v, prev, _stats_coef(table, cfg).to(cdt), cfg, red).to(table.dtype)
-    cupd, new = _scalars(stats, table, act, lr, cfg)
-    return cupd.to(cdt), new, cupd[:, 1].ne(0).any()
-
-
-def _native_hparams(cfg: _Config, lr: float) -> list[float]:
-    """A group's hyper-parameters in the order the C++ step takes them (``HParams`` in
-    ``csrc/adam_cpu.cpp``)."""
-    return [
-        lr, cfg.mu, cfg.omega or 0.0, cfg.two_sided or 0.0, *cfg.omega_betas, cfg.omega_eps,
-        cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay,
-        float(cfg.omega is None), float(cfg.two_sided is not None), float(cfg.base == "adamw"), float(cfg.with_prev),
-    ]
+    stats = _stats(g, p, p0, m, v, prev, K.fields_to(_stats_coef(sc, cfg), cdt), cfg, red)
+    cupd, new = _scalars(K.fields_to(stats, sc.step.dtype), sc, act, lr, cfg)
+    return K.fields_to(cupd, cdt), new, cupd.b.ne(0).any()
 
 
 def _check_digrap_hparams(group: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 Per step and per tensor with a gradient ``g``::
 
     c     = (theta - d) - theta0            # d: the base step (SGD or Adam(W)); theta0: anchor
-    n_r   = |c_row|_1 + 1e-8                # rows along dim 0; 1-D: one row
+    n_r   = |c_row|_1 + 1e-8                # rows along dim 0, the rest flattened (as the
+                                            # authors' code, conv kernels too); 1-D: one row
     gamma = 1e-8                                             at the tensor's first step
             clamp(Adam_mu(gamma; gg), 1e-8, max_r n_r)       afterwards, with
         gg = sum_r <g_row, c_prev_row> / n_prev_row,  gg *= k if gg > 0
@@ -32,9 +33,18 @@ from ._common import Bucket, Gathered, Layout, bias_correction, scalar_adam
 
 __all__ = ["FTP"]
 
-_SCALARS = ("step", "gamma", "gamma_exp_avg", "gamma_exp_avg_sq")
 #: radius at a tensor's first step (pulls the first step almost fully back) and lower clamp
 GAMMA_MIN = 1e-8
+
+
+class _Scalars(NamedTuple):
+    """FTP's per-tensor scalar state, ``(n,)`` each; the names are the keys in
+    ``optimizer.state[p]``."""
+
+    step: Tensor  # the tensor's own step count
+    gamma: Tensor  # the radius
+    gamma_exp_avg: Tensor  # Adam on the radius
+    gamma_exp_avg_sq: Tensor
 
 
 class FTP(BucketedBase):
@@ -54,12 +64,11 @@ class FTP(BucketedBase):
         betas, eps, weight_decay, momentum, dampening, nesterov: the base optimizer's.
         gamma_betas, gamma_eps: Adam on the radius.
         compile: use the ``torch.compile``-d one-sweep kernels (first step compiles).
-        native: with ``compile=True``, step large float32 CPU tensors of Adam/AdamW groups
-            with hand-written C++ loops (as :class:`DiGraP`; see :mod:`._native`).
         foreach, fused: passed to torch for groups that take the plain step.
     """
 
-    scalar_names = _SCALARS
+    Scalars = _Scalars
+    scalar_names = _Scalars._fields
 
     def __init__(
         self,
@@ -80,7 +89,6 @@ class FTP(BucketedBase):
         gamma_betas: tuple[float, float] = (0.9, 0.999),
         gamma_eps: float = 1e-8,
         compile: bool = False,
-        native: bool = True,
         foreach: bool | None = None,
         fused: bool | None = None,
     ):
@@ -89,7 +97,7 @@ class FTP(BucketedBase):
             weight_decay=weight_decay, momentum=momentum, dampening=dampening, nesterov=nesterov,
             gamma_betas=tuple(gamma_betas), gamma_eps=gamma_eps,
         )
-        super().__init__(params, defaults, compile=compile, native=native, base=base, exclude=exclude, foreach=foreach,
+        super().__init__(params, defaults, compile=compile, base=base, exclude=exclude, foreach=foreach,
                          fused=fused)
 
     def _check_group(self, group: dict[str, Any]) -> None:
@@ -132,76 +140,72 @@ class FTP(BucketedBase):
     def _step_layout(self, group: dict[str, Any], lay: Layout, step: Gathered) -> None:
         cfg = self._config(group)
         dev, sdt = lay.device, lay.sdtype
-        table, act_f, lr = self._step_inputs(group, lay, step)
+        sc, act_f, lr = self._step_inputs(group, lay, step)
         if self._compile:
             # Per bucket: statistics and radius in one compiled graph, then the pass that writes,
             # back to back, so that the second pass finds the bucket's tensors still in cache
             # where they fit. Large (direct) tensors take the read-only statistics pass and one
-            # update pass (the candidate kernel compiles to two sweeps: ~16% slower on the full
-            # fine-tuning bench); bucketed small tensors take the candidate step and the
-            # projection (the dynamic-shape update kernel compiles to two loops: ~17% slower on
-            # the LoRA bench).
+            # update pass (the candidate kernel compiles to two sweeps); bucketed small tensors
+            # take the candidate step and the projection (the dynamic-shape update kernel
+            # compiles to two loops). benchmarks/bench_optim.py measured both choices.
             stats_fn, cand_fn = self._kernel(_stats_and_radius), self._kernel(_candidate_and_radius)
             upd_fn = self._kernel(K.ftp_sgd_update if cfg.base == "sgd" else K.ftp_adam_update)
             proj_fn = self._kernel(K.ftp_project)
-            native = self._native_step(lay, table, "ftp_adam_step", ("exp_avg", "exp_avg_sq", "prev_c"),
-                                       lambda: _native_hparams(cfg, float(group["lr"])))
 
-            def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> Tensor:
+            def run(b: Bucket, gat: tuple[Tensor, Tensor, list[int]], sl: slice) -> _Scalars:
                 g, p, act = gat
-                new = native(b, g, p)  # large float32 CPU tensors: the C++ step
-                if new is not None:
-                    return new
                 masked = len(act) < b.n
                 fn = stats_fn(b) if b.direct else cand_fn(b)
-                ucoef, new, rn = fn(g, p, *_bufs(b), table[sl], act_f[sl], lr, cfg, b.red_dim, masked)
+                coef, gamma, new, rn = fn(g, p, *_bufs(b), K.fields_at(sc, sl), act_f[sl], lr, cfg, b.red_dim, masked)
                 if b.direct:
-                    _update(upd_fn(b), g, p, b, rn, ucoef, cfg, masked)
+                    _update(upd_fn(b), g, p, b, rn, coef, gamma, cfg, masked)
                 else:
-                    proj_fn(b)(p, b.bufs.get("anchor"), b.bufs["prev_c"], rn, ucoef, b.red_dim, masked)
+                    proj_fn(b)(p, b.bufs.get("anchor"), b.bufs["prev_c"], rn, gamma, coef.active, b.red_dim, masked)
                 lay.scatter(b, act)
                 return new
 
-            new_table = self._per_bucket(lay, step, table, run)
+            new = self._per_bucket(lay, step, sc, run)
         else:
             # Eager: the candidate step writes the moments and c once, then the projection.
-            coef = _candidate_coef(table, act_f, lr, cfg)
+            coef = _candidate_coef(sc, act_f, lr, cfg)
             totals, rownorms = [], []
             for b, gat in zip(lay.buckets, step.blocks):
                 if gat is None:
-                    totals.append(torch.zeros((b.n, 2), dtype=sdt, device=dev))
+                    totals.append(K.FTPStats(*torch.zeros((2, b.n), dtype=sdt, device=dev)))
                     rownorms.append(None)
                     continue
-                tot, rn = self._bucket_candidate(b, gat, coef[b.slots.start : b.slots.stop], cfg)
-                totals.append(tot.to(sdt))
+                tot, rn = self._bucket_candidate(b, gat, K.fields_at(coef, slice(b.slots.start, b.slots.stop)), cfg)
+                totals.append(K.fields_to(tot, sdt))
                 rownorms.append(rn)
-            gamma, new_table = _radius(torch.cat(totals, 0), table, cfg)
-            ucoef = torch.cat([coef, gamma.unsqueeze(1)], 1)
+            gamma, new = _radius(K.fields_cat(totals), sc, cfg)
             for b, gat, rn in zip(lay.buckets, step.blocks, rownorms):
                 if gat is None:
                     continue
                 g, p, act = gat
-                cs = ucoef[b.slots.start : b.slots.stop].to(K.compute_dtype(p.dtype))
+                cdt = K.compute_dtype(p.dtype)
+                members = slice(b.slots.start, b.slots.stop)
+                gam, active = gamma[members].to(cdt), coef.active[members].to(cdt)
                 for sl in self._row_blocks(b):
                     K.ftp_project(rows(p, sl), rows(b.bufs.get("anchor"), sl), rows(b.bufs["prev_c"], sl),
-                                  rows(rn, sl), cs, b.red_dim, len(act) < b.n)
+                                  rows(rn, sl), gam, active, b.red_dim, len(act) < b.n)
                 lay.scatter(b, act)
-        self._commit(lay, step, new_table)
+        self._commit(lay, step, new)
 
-    def _bucket_candidate(self, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], coef: Tensor,
-                          cfg: _Config) -> tuple[Tensor, Tensor]:
-        """Eager candidate step of bucket ``b`` over its row blocks: ``(n, 2)`` totals and
-        the ``(n, rows)`` row norms."""
+    def _bucket_candidate(self, b: Bucket, gat: tuple[Tensor, Tensor, list[int]], coef: Any,
+                          cfg: _Config) -> tuple[K.FTPStats, Tensor]:
+        """Eager candidate step of bucket ``b`` over its row blocks: the statistics and the
+        ``(n, rows)`` row norms."""
         g, p, act = gat
-        cs = coef.to(K.compute_dtype(p.dtype))
+        cs = K.fields_to(coef, K.compute_dtype(p.dtype))
         masked = len(act) < b.n
         parts = [_candidate(rows(g, sl), rows(p, sl), *(rows(t, sl) for t in _bufs(b)), cs, cfg, b.red_dim, masked)
                  for sl in self._row_blocks(b)]
         if len(parts) == 1:
             return parts[0]
         # row blocks: the hyper-gradient adds up, the largest row norm is the max
-        tots = torch.stack([t for t, _ in parts])
-        return torch.stack([tots[:, :, 0].sum(0), tots[:, :, 1].amax(0)], 1), torch.cat([r for _, r in parts], 1)
+        hyper = torch.stack([t.hyper for t, _ in parts]).sum(0)
+        max_norm = torch.stack([t.max_norm for t, _ in parts]).amax(0)
+        return K.FTPStats(hyper, max_norm), torch.cat([r for _, r in parts], 1)
 
 
 # ---- per-tensor scalar math (shared by the eager and the compiled step) ---------------------
@@ -229,20 +233,18 @@ def _bufs(b: Bucket) -> tuple[Tensor | None, ...]:
     return tuple(b.bufs.get(name) for name in ("anchor", "exp_avg", "exp_avg_sq", "momentum_buffer", "prev_c"))
 
 
-def _candidate_coef(table: Tensor, act: Tensor, lr: Tensor, cfg: _Config) -> Tensor:
-    """The candidate kernels' coefficient table (see :mod:`._kernels`)."""
-    t = table[:, 0]
+def _candidate_coef(sc: _Scalars, act: Tensor, lr: Tensor, cfg: _Config) -> K.FTPAdamCoef | K.FTPSgdCoef:
+    """The candidate kernels' coefficients."""
+    t = sc.step
     tn = t + 1
     lr_v = lr.expand_as(t)
     wd = cfg.weight_decay
     if cfg.base == "sgd":
-        zero = torch.zeros_like(t)
-        return torch.stack([lr_v, zero, zero, torch.full_like(t, wd), act, (t == 0).to(t.dtype)], 1)
+        return K.FTPSgdCoef(lr=lr_v, wdc=torch.full_like(t, wd), active=act, first=(t == 0).to(t.dtype))
     decay = 1.0 - lr_v * wd if cfg.base == "adamw" else torch.ones_like(t)
-    wdc = wd if cfg.base == "adam" else 0.0
-    return torch.stack(
-        [lr_v / bias_correction(cfg.beta1, tn), 1.0 / bias_correction(cfg.beta2, tn), decay,
-         torch.full_like(t, wdc), act], 1,
+    return K.FTPAdamCoef(
+        lr_bc1=lr_v / bias_correction(cfg.beta1, tn), inv_bc2=1.0 / bias_correction(cfg.beta2, tn), decay=decay,
+        wdc=torch.full_like(t, wd if cfg.base == "adam" else 0.0), active=act,
     )
 
 
@@ -260,54 +262,47 @@ def _candidate(g, p, p0, m, v, buf, cbuf, cs, cfg: _Config, red: int, masked: bo
     return K.ftp_adam_candidate(g, p, p0, m, v, cbuf, cs, cfg.beta1, cfg.beta2, cfg.eps, red, masked)
 
 
-def _update(fn, g: Tensor, p: Tensor, b: Bucket, rn: Tensor, cs: Tensor, cfg: _Config, masked: bool) -> None:  # noqa: ANN001
+def _update(fn, g: Tensor, p: Tensor, b: Bucket, rn: Tensor, cs: Any, gamma: Tensor, cfg: _Config,  # noqa: ANN001
+            masked: bool) -> None:
     """The compiled update kernel ``fn`` on bucket ``b``."""
     p0, m, v, buf, cbuf = _bufs(b)
     if cfg.base == "sgd":
-        fn(g, p, p0, buf, cbuf, rn, cs, cfg.momentum, cfg.dampening, cfg.nesterov, b.red_dim, masked)
+        fn(g, p, p0, buf, cbuf, rn, cs, gamma, cfg.momentum, cfg.dampening, cfg.nesterov, b.red_dim, masked)
     else:
-        fn(g, p, p0, m, v, cbuf, rn, cs, cfg.beta1, cfg.beta2, cfg.eps, b.red_dim, masked)
+        fn(g, p, p0, m, v, cbuf, rn, cs, gamma, cfg.beta1, cfg.beta2, cfg.eps, b.red_dim, masked)
 
 
-def _radius(totals: Tensor, table: Tensor, cfg: _Config) -> tuple[Tensor, Tensor]:
-    """From the statistics (hyper-gradient, largest row norm): the new radius ``gamma`` and the
-    new scalars (columns ``_SCALARS``)."""
-    gg, max_norm = totals.unbind(1)
-    tn = table[:, 0] + 1
+def _radius(totals: K.FTPStats, sc: _Scalars, cfg: _Config) -> tuple[Tensor, _Scalars]:
+    """From the statistics: the new radius ``gamma`` and the new scalars."""
+    gg, max_norm = totals
+    tn = sc.step + 1
     gg = torch.where(gg > 0, gg * cfg.k, gg)
-    gam, gm, gv = scalar_adam(table[:, 1], table[:, 2], table[:, 3], gg, tn, cfg.mu, cfg.gamma_betas, cfg.gamma_eps)
+    gam, gm, gv = scalar_adam(sc.gamma, sc.gamma_exp_avg, sc.gamma_exp_avg_sq, gg, tn, cfg.mu, cfg.gamma_betas,
+                              cfg.gamma_eps)
     first = tn == 1
     gam = torch.where(first, torch.full_like(gam, GAMMA_MIN), torch.minimum(torch.clamp_min(gam, GAMMA_MIN), max_norm))
     # a radius below GAMMA_MIN would come from max_norm of an all-zero row set: keep GAMMA_MIN
     gam = torch.clamp_min(gam, GAMMA_MIN)
-    gm = torch.where(first, table[:, 2], gm)
-    gv = torch.where(first, table[:, 3], gv)
-    return gam, torch.stack([tn, gam, gm, gv], 1)
+    gm = torch.where(first, sc.gamma_exp_avg, gm)
+    gv = torch.where(first, sc.gamma_exp_avg_sq, gv)
+    return gam, _Scalars(step=tn, gamma=gam, gamma_exp_avg=gm, gamma_exp_avg_sq=gv)
 
 
-def _native_hparams(cfg: _Config, lr: float) -> list[float]:
-    """A group's hyper-parameters in the order the C++ step takes them (``ftp_adam_step`` in
-    ``csrc/adam_cpu.cpp``)."""
-    return [lr, cfg.k, cfg.mu, *cfg.gamma_betas, cfg.gamma_eps, cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay,
-            float(cfg.base == "adamw"), GAMMA_MIN]
-
-
-def _stats_and_radius(g, p, p0, m, v, buf, cbuf, table, act, lr, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
-    """One bucket's statistics and radius (compiled as one graph): returns the update
-    table (candidate coefficients and gamma) in the kernels' dtype, the new scalars and the
-    row norms."""
+def _stats_and_radius(g, p, p0, m, v, buf, cbuf, sc: _Scalars, act, lr, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
+    """One bucket's statistics and radius (compiled as one graph): returns the candidate
+    coefficients and gamma in the kernels' dtype, the new scalars and the row norms."""
     cdt = K.compute_dtype(p.dtype)
-    coef = _candidate_coef(table, act, lr, cfg)
-    tot, rn = _stats(g, p, p0, m, v, buf, cbuf, coef.to(cdt), cfg, red, masked)
-    gamma, new = _radius(tot.to(table.dtype), table, cfg)
-    return torch.cat([coef, gamma.unsqueeze(1)], 1).to(cdt), new, rn
+    coef = _candidate_coef(sc, act, lr, cfg)
+    tot, rn = _stats(g, p, p0, m, v, buf, cbuf, K.fields_to(coef, cdt), cfg, red, masked)
+    gamma, new = _radius(K.fields_to(tot, sc.step.dtype), sc, cfg)
+    return K.fields_to(coef, cdt), gamma.to(cdt), new, rn
 
 
-def _candidate_and_radius(g, p, p0, m, v, buf, cbuf, table, act, lr, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
+def _candidate_and_radius(g, p, p0, m, v, buf, cbuf, sc: _Scalars, act, lr, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
     """As :func:`_stats_and_radius`, with the candidate step (which writes the moments and c)
     in place of the read-only statistics: the projection follows."""
     cdt = K.compute_dtype(p.dtype)
-    coef = _candidate_coef(table, act, lr, cfg)
-    tot, rn = _candidate(g, p, p0, m, v, buf, cbuf, coef.to(cdt), cfg, red, masked)
-    gamma, new = _radius(tot.to(table.dtype), table, cfg)
-    return torch.cat([coef, gamma.unsqueeze(1)], 1).to(cdt), new, rn
+    coef = _candidate_coef(sc, act, lr, cfg)
+    tot, rn = _candidate(g, p, p0, m, v, buf, cbuf, K.fields_to(coef, cdt), cfg, red, masked)
+    gamma, new = _radius(K.fields_to(tot, sc.step.dtype), sc, cfg)
+    return K.fields_to(coef, cdt), gamma.to(cdt), new, rn

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_text, read_json
-from .schema import Averages, RunResults, SplitResult, compute_averages
+from .schema import Averages, Interval, RunResults, SplitResult, check_averages_ci, compute_averages
 
 ENTRY_SCHEMA_VERSION = 1
 ENV_DIR = "VQA_OOD_BENCH_LEADERBOARDS"
@@ -84,6 +84,27 @@ class Reproduction(_Strict):
         return [name for name, ok in self.within_tolerance.items() if not ok]
 
 
+class PairedAverage(_Strict):
+    """One average of an entry against its baseline entry's (points; paired on the same questions)."""
+
+    difference: float  # entry - baseline
+    interval: tuple[float, float]  # paired bootstrap interval of the difference
+    p_value: float = Field(ge=0, le=1)  # two-sided sign-flip permutation test
+    significant: bool  # p < 1 - confidence
+
+
+class Versus(_Strict):
+    """The entry's run against a baseline entry's run on the same questions (``leaderboard add
+    --baseline RUN``), computed from both runs' predictions files; the baseline is named by
+    entry id and by the hashes of the predictions that were compared, so a mark is only shown
+    while that very entry is on the board."""
+
+    baseline: str  # entry_id
+    baseline_predictions_sha256: dict[str, str]
+    confidence: float = Field(gt=0, lt=1)
+    averages: dict[str, PairedAverage]  # id / near_ood / far_ood / ood
+
+
 class LeaderboardEntry(_Strict):
     schema_version: int = ENTRY_SCHEMA_VERSION
     entry_id: str
@@ -98,6 +119,9 @@ class LeaderboardEntry(_Strict):
     variant: str  # scoring variant: official / lavis / lenient for VQA accuracy, or the metric's own
     splits: dict[str, EntrySplit]
     averages: Averages
+    # Intervals over questions of the averages (splits carry theirs in ``ci``), as results files
+    # store them; submitted runs only (``leaderboard add`` computes them from the predictions).
+    averages_ci: dict[str, Interval] = Field(default_factory=dict)
     status: Status
     source: str
     config: Optional[dict[str, Any]] = None  # full RunConfig for reproducible entries
@@ -114,6 +138,7 @@ class LeaderboardEntry(_Strict):
     # Submitted runs: SHA-256 of each predictions file (path relative to the run folder) that
     # ``leaderboard add`` re-scored, so the numbers can be traced to the exact files. None: not a run.
     predictions_sha256: Optional[dict[str, str]] = None
+    versus: Optional[Versus] = None
     notes: list[str] = Field(default_factory=list)
 
     @field_validator("entry_id")
@@ -135,6 +160,13 @@ class LeaderboardEntry(_Strict):
         for name, value in self.averages.model_dump().items():
             if value is not None and (not math.isfinite(value) or not 0 <= value <= 100):
                 raise ValueError(f"averages.{name} must be a percentage in [0, 100], got {value}")
+        check_averages_ci(self.averages_ci)
+        if self.versus is not None:
+            unknown = [k for k in self.versus.averages if k not in Averages.model_fields]
+            if unknown:
+                raise ValueError(f"versus.averages has an unknown average {unknown[0]!r}")
+            if self.versus.baseline == self.entry_id:
+                raise ValueError("versus.baseline names the entry itself")
         if self.config is not None:
             from ..config import RunConfig
 
@@ -207,6 +239,9 @@ def entry_json(entry: LeaderboardEntry) -> str:
     data = entry.model_dump(mode="json")
     if data["predictions_sha256"] is None:  # entries made before add hashed predictions keep their bytes
         del data["predictions_sha256"]
+    for key in ("averages_ci", "versus"):  # likewise entries without intervals (papers, older submissions)
+        if not data[key]:
+            del data[key]
     data["splits"] = {name: {k: v for k, v in s.items() if v not in (None, {}, "")} for name, s in data["splits"].items()}
     return json.dumps(data, indent=2, ensure_ascii=False)
 
@@ -330,7 +365,15 @@ def check_rescored(run_dir: str | Path, results: RunResults, *, data_root: Optio
     would enter the leaderboard. Splits without a predictions file cannot be checked and are
     taken as they are. Returns the re-scorer's warnings (e.g. a changed suite version).
     """
+    return rescore_submission(run_dir, results, data_root=data_root)[1]
+
+
+def rescore_submission(run_dir: str | Path, results: RunResults, *, data_root: Optional[str | Path] = None) -> tuple[RunResults, list[str]]:
+    """:func:`check_rescored`, returning also ``results`` with the intervals computed here from
+    the re-scored predictions (``report.intervals``), not the ones the file claims; splits (and
+    averages over splits) without predictions keep the file's, as they keep its numbers."""
     from ..score.rescore import rescore_run
+    from .intervals import fill_intervals
 
     rr = rescore_run(run_dir, data_root=data_root, write=False)
     for name in rr.scores:
@@ -338,7 +381,9 @@ def check_rescored(run_dir: str | Path, results: RunResults, *, data_root: Optio
         if claimed is None or measured is None or abs(claimed - measured) > RESCORE_TOLERANCE:
             raise ConfigError(f"run {str(run_dir)!r}: split {name!r} has vqa_accuracy {claimed} in results.json, but its predictions "
                               f"re-score to {measured} ({results.scoring_variant} variant); not adding it")
-    return rr.warnings
+    splits, averages_ci = fill_intervals(results.splits, {name: sc.vqa.scores for name, sc in rr.scores.items()})
+    averages_ci = {**results.averages_ci, **averages_ci}
+    return results.model_copy(update={"splits": splits, "averages_ci": averages_ci}), rr.warnings
 
 
 def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float = 1.0, backbone: Optional[str] = None,
@@ -372,6 +417,7 @@ def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float =
         variant=results.scoring_variant,
         splits=splits,
         averages=compute_averages(results.splits),
+        averages_ci=dict(results.averages_ci),
         status="reported",
         source=f"vqa-ood-bench {results.package_version} run {results.run_id}",
         config=results.config,
@@ -385,6 +431,48 @@ def entry_from_results(results: RunResults, *, entry_id: str, tolerance: float =
         tolerance=tolerance,
         predictions_sha256=predictions_sha256,
     )
+
+
+def significance_marks(entries: Sequence[LeaderboardEntry]) -> dict[str, tuple[str, dict[str, PairedAverage]]]:
+    """entry_id -> (baseline entry id, average -> its comparison) for the entries among ``entries``
+    (one group) whose stored comparison's baseline is also among them, with the predictions that
+    were compared (same hashes); only those comparisons are shown."""
+    by_id = {e.entry_id: e for e in entries}
+    out: dict[str, tuple[str, dict[str, PairedAverage]]] = {}
+    for e in entries:
+        v = e.versus
+        if v is None:
+            continue
+        base = by_id.get(v.baseline)
+        if base is not None and group_key(base) == group_key(e) and base.predictions_sha256 == v.baseline_predictions_sha256:
+            out[e.entry_id] = (v.baseline, dict(v.averages))
+    return out
+
+
+def versus_baseline(run_dir: str | Path, baseline_dir: str | Path, entry: LeaderboardEntry, folder: str | Path, *,
+                    data_root: Optional[str | Path] = None, confidence: float = 0.95) -> Versus:
+    """``entry``'s run against a baseline run that is on the board in ``folder`` (found by its
+    predictions files' hashes, in ``entry``'s group): every average, paired on the same questions
+    (``vqa-ood-bench compare``'s test)."""
+    from .compare import paired_vs_baseline
+
+    hashes = predictions_sha256(baseline_dir)
+    found = [e for _, e in load_entries(folder) if hashes and e.predictions_sha256 == hashes] if Path(folder).is_dir() else []
+    if not found:
+        raise ConfigError(f"--baseline {str(baseline_dir)!r} is not on the leaderboard in {folder} (no entry has its predictions "
+                          "files' hashes); add the baseline run first")
+    same = [e for e in found if group_key(e) == group_key(entry)]
+    if not same:
+        raise ConfigError(f"--baseline {str(baseline_dir)!r} is entry {found[0].entry_id!r}, scored as {group_title(group_key(found[0]))}, "
+                          f"not as {group_title(group_key(entry))}")
+    base = same[0]
+    if base.entry_id == entry.entry_id:
+        raise ConfigError("--baseline names the run being added")
+    tests = paired_vs_baseline(Path(baseline_dir), [Path(run_dir)], keys=("id", "near_ood", "far_ood", "ood"),
+                               confidence=confidence, data_root=Path(data_root) if data_root else None)[Path(run_dir)]
+    return Versus(baseline=base.entry_id, baseline_predictions_sha256=hashes, confidence=confidence,
+                  averages={k: PairedAverage(difference=round(t.difference, 4), interval=(round(t.interval[0], 4), round(t.interval[1], 4)),
+                                             p_value=t.p_value, significant=t.significant) for k, t in tests.items()})
 
 
 def default_entry_id(results: RunResults) -> str:

@@ -20,7 +20,8 @@ from typing import Any, Optional, Sequence
 
 from .. import __version__
 from ..io import atomic_write_text
-from .leaderboard import METRIC_LABELS, GroupKey, LeaderboardEntry, by_group, group_title, split_columns
+from .leaderboard import METRIC_LABELS, GroupKey, LeaderboardEntry, PairedAverage, by_group, group_title, significance_marks, split_columns
+from .schema import Interval
 
 TEMPLATE = Path(__file__).with_name("templates") / "leaderboard.html"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
@@ -45,12 +46,27 @@ def _num(v: Optional[float]) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-def _cell(v: Optional[float], cls: str = "num") -> dict[str, Any]:
-    return {"cls": cls, "v": "" if v is None else f"{v:.6f}", "text": _num(v), "title": ""}
+def _cell(v: Optional[float], cls: str = "num", ci: Optional[Interval] = None, versus: Optional[tuple[str, PairedAverage]] = None) -> dict[str, Any]:
+    """A number; with its interval, "±" half its width after it and the exact bounds as the tooltip;
+    with a comparison against a baseline entry, "*" when significant and the test in the tooltip."""
+    cell = {"cls": cls, "v": "" if v is None else f"{v:.6f}", "text": _num(v), "title": "", "pm": "", "mark": ""}
+    if v is None:
+        return cell
+    tips = []
+    if ci is not None:
+        cell["pm"] = f"±{ci.half_width:.2f}"
+        tips.append(f"{100 * ci.confidence:g}% interval [{ci.low:.2f}, {ci.high:.2f}] ({ci.method})")
+    if versus is not None:
+        baseline, t = versus
+        cell["mark"] = "*" if t.significant else ""
+        tips.append(f"vs {baseline}: {t.difference:+.2f} [{t.interval[0]:+.2f}, {t.interval[1]:+.2f}], p = {t.p_value:.4g}"
+                    + (" (significant)" if t.significant else ""))
+    cell["title"] = "; ".join(tips)
+    return cell
 
 
 def _text_cell(value: str, cls: str = "", *, title: str = "", text: Optional[str] = None) -> dict[str, Any]:
-    return {"cls": cls, "v": value, "text": value if text is None else text, "title": title}
+    return {"cls": cls, "v": value, "text": value if text is None else text, "title": title, "pm": "", "mark": ""}
 
 
 def _verdict_cell(entry: LeaderboardEntry) -> dict[str, Any]:
@@ -84,12 +100,22 @@ def _table(key: GroupKey, entries: Sequence[LeaderboardEntry]) -> dict[str, Any]
     head += [_head("near", "num", "near avg", cls="avg"), _head("far", "num", "far avg", cls="avg"), _head("ood", "num", "OOD avg", cls="avg"),
              _head("status", "text", "status"), _head("source", "text", "source")]
     rows = []
+    marks = significance_marks(entries)
+
+    def vs(e: LeaderboardEntry, key: str) -> Optional[tuple[str, PairedAverage]]:
+        if e.entry_id not in marks or key not in marks[e.entry_id][1]:
+            return None
+        return marks[e.entry_id][0], marks[e.entry_id][1][key]
+
     for e in entries:
         cells = [_text_cell(e.method, "method"), _text_cell(e.backbone, "backbone"), _text_cell(e.adapter)]
-        cells += [_cell(e.value(n)) for n in splits]
+        cells += [_cell(e.value(n), ci=e.splits[n].ci if n in e.splits else None) for n in splits]
+        ci = e.averages_ci
         if not single_id:
-            cells.append(_cell(e.averages.id, "num avg"))
-        cells += [_cell(e.averages.near_ood, "num avg"), _cell(e.averages.far_ood, "num avg"), _cell(e.averages.ood, "num avg ood")]
+            cells.append(_cell(e.averages.id, "num avg", ci.get("id"), vs(e, "id")))
+        cells += [_cell(e.averages.near_ood, "num avg", ci.get("near_ood"), vs(e, "near_ood")),
+                  _cell(e.averages.far_ood, "num avg", ci.get("far_ood"), vs(e, "far_ood")),
+                  _cell(e.averages.ood, "num avg ood", ci.get("ood"), vs(e, "ood"))]
         cells.append(_verdict_cell(e))
         cells.append(_text_cell(e.source, "source", title=e.source, text=_short_source(e.source)))
         rows.append({"entry": e.entry_id, "cells": cells})

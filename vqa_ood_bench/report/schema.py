@@ -19,11 +19,41 @@ from ..io import atomic_write_text, read_json
 SCHEMA_VERSION = 1
 
 Role = Literal["id", "near", "far"]
+# What a run solved: VQA (answers scored with vqa_accuracy), or image classification (a backbone
+# with a linear head; top-1 accuracy stored in each split's exact_match, as the leaderboard's
+# classification entries store it). Files written before the field existed are VQA runs.
+Task = Literal["vqa", "image-classification"]
 ShiftType = Literal["none", "vision", "question", "answer", "multimodal", "adversarial", "far"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Interval(_Strict):
+    """A confidence interval of an accuracy or average, in percentage points (0–100).
+
+    ``method``: ``clopper-pearson`` (exact, every per-question score 0 or 1) or ``bootstrap``
+    (percentile bootstrap over questions; see ``report.stats``).
+    """
+
+    low: float
+    high: float
+    confidence: float = Field(gt=0, lt=1)
+    method: Literal["clopper-pearson", "bootstrap"]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Interval":
+        for v in (self.low, self.high):
+            if not math.isfinite(v) or v < 0 or v > 100:
+                raise ValueError(f"interval bounds must be finite percentages in [0, 100], got [{self.low}, {self.high}]")
+        if self.low > self.high:
+            raise ValueError(f"interval low {self.low} is above high {self.high}")
+        return self
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
 
 
 class SplitResult(_Strict):
@@ -41,6 +71,9 @@ class SplitResult(_Strict):
     shift: dict[str, float] = Field(default_factory=dict)  # feature kind -> mean negative Mahalanobis
     stands_in_for: str = ""
     predictions_file: Optional[str] = None
+    # Interval over questions of the split's headline accuracy (vqa_accuracy in results files,
+    # the entry's metric in leaderboard entries); None in files written before intervals were.
+    ci: Optional[Interval] = None
 
     @field_validator("vqa_accuracy", "exact_match", "clipmatch_top1", "clipmatch_top5")
     @classmethod
@@ -65,12 +98,19 @@ class ModelInfo(_Strict):
     content_hash: Optional[str] = None
     parameters: Optional[int] = None
     trainable_parameters: Optional[int] = None
+    # What `eval` ran on top of the model (absent for runs and for models without one): the
+    # PEFT adapter as given, the SHA-256 of its weights file, and, when the adapter records
+    # it, the run that trained it (run_id, method, method_params).
+    adapter: Optional[str] = None
+    adapter_sha256: Optional[str] = None
+    adapter_origin: Optional[dict[str, Any]] = None
 
 
 class RunResults(_Strict):
     schema_version: int = SCHEMA_VERSION
     run_id: str
     created_at: str
+    task: Task = "vqa"
     method: str
     method_params: dict[str, Any] = Field(default_factory=dict)
     model: ModelInfo
@@ -85,6 +125,10 @@ class RunResults(_Strict):
     config: dict[str, Any]
     splits: dict[str, SplitResult]
     averages: Averages
+    # Average name (an ``Averages`` field) -> interval of that average itself (each bootstrap
+    # replicate resamples every member split's questions), not an average of split intervals.
+    # Kept beside ``averages`` so that readers of ``averages`` keep getting plain numbers.
+    averages_ci: dict[str, Interval] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     peak_memory_mb: Optional[float] = None
     # What the numbers depend on beyond the config: torch build, CPU threads and instruction set.
@@ -97,7 +141,19 @@ class RunResults(_Strict):
             raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
         if not self.splits:
             raise ValueError("a results file needs at least one split")
+        check_averages_ci(self.averages_ci)
         return self
+
+
+AVERAGE_NAMES = ("id", "near_ood", "far_ood", "ood")
+# The roles of the splits each average is over (as compute_averages takes them).
+AVERAGE_ROLES: dict[str, tuple[str, ...]] = {"id": ("id",), "near_ood": ("near",), "far_ood": ("far",), "ood": ("near", "far")}
+
+
+def check_averages_ci(averages_ci: Mapping[str, Interval]) -> None:
+    unknown = [k for k in averages_ci if k not in AVERAGE_NAMES]
+    if unknown:
+        raise ValueError(f"averages_ci has an unknown average {unknown[0]!r}; known: {', '.join(AVERAGE_NAMES)}")
 
 
 # Places a stored accuracy keeps. Whoever writes numbers into a results file (the runner, the

@@ -12,6 +12,9 @@ as :func:`~vqa_ood_bench.report.schema.compute_averages` computes them.
   average of intervals).
 * :func:`paired_difference` / :func:`paired_average_difference`: two runs scored on the same
   questions: B - A, a paired bootstrap interval, and a two-sided sign-flip permutation p-value.
+* :func:`group_difference`: two groups of runs paired by seed on the same questions: the mean
+  of the per-seed differences, a t interval whose variance counts both the seeds and the
+  questions (crossed random-effects ANOVA, Satterthwaite degrees of freedom), and its p-value.
 * :func:`seed_summary`: mean, sample standard deviation and t interval of one number over seeds.
 
 Speed: a bootstrap replicate's mean depends only on how many times each distinct value was
@@ -175,6 +178,14 @@ def split_interval(scores: ArrayLike, *, confidence: float = 0.95, n_boot: int =
     return _percentile(bootstrap_means(x, n_boot, np.random.default_rng(seed)), confidence)
 
 
+def interval_method(*groups: ArrayLike) -> str:
+    """How :func:`split_interval` (one group) or :func:`average_interval` (several) computes the
+    interval of these per-question scores: ``clopper-pearson`` or ``bootstrap``."""
+    if len(groups) == 1 and _is_binary(_scores(groups[0])):
+        return "clopper-pearson"
+    return "bootstrap"
+
+
 def average_accuracy(per_split_scores: Mapping[str, ArrayLike], splits: Sequence[str]) -> float:
     """Unweighted mean (points) of the accuracies of ``splits`` (as ``compute_averages``)."""
     return float(100.0 * np.mean([g.mean() for g in _groups(per_split_scores, splits)]))
@@ -298,6 +309,120 @@ def paired_average_difference(
         if a.size != b.size:
             raise ValueError(f"split {name!r}: paired scores need the same questions: {a.size} scores for A, {b.size} for B")
     return _paired(list(zip(a_groups, b_groups)), confidence, n_boot, n_perm, seed)
+
+
+# --- two groups of seeds on the same questions ----------------------------------------------
+
+@dataclass(frozen=True)
+class GroupDifference:
+    """Group B against group A: runs paired by seed, every run on the same questions. Points."""
+
+    a: float  # mean over seeds of A's accuracy (or average)
+    b: float
+    difference: float  # b - a: the mean over seeds of the per-seed paired differences
+    interval: Interval  # difference +- t(df) * se
+    p_value: float  # two-sided t test of "no difference", df as below
+    se: float  # standard error of the difference (seeds and questions)
+    df: float  # Satterthwaite degrees of freedom
+    seeds: int
+    n: int  # questions (all splits together; the same for every seed)
+    per_seed: tuple[float, ...]  # each seed's paired difference
+    confidence: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < 1.0 - self.confidence
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n, "seeds": self.seeds, "a": self.a, "b": self.b, "difference": self.difference,
+            "interval": list(self.interval), "p_value": self.p_value, "significant": self.significant,
+            "se": self.se, "df": self.df, "per_seed": list(self.per_seed),
+        }
+
+
+def group_difference(
+    a_runs: Sequence[Mapping[str, ArrayLike]],
+    b_runs: Sequence[Mapping[str, ArrayLike]],
+    splits: Sequence[str],
+    *,
+    confidence: float = 0.95,
+) -> GroupDifference:
+    """B - A on the unweighted average of ``splits`` over seeds: ``a_runs[i]`` and ``b_runs[i]``
+    are the per-question scores (per split) of the runs of seed ``i``, every run on the same
+    questions in the same order. At least two seeds (one seed: :func:`paired_average_difference`).
+
+    The differences ``d[s, q] = b[s, q] - a[s, q]`` are taken as a crossed design with random
+    seeds and random questions (each split's questions its own sample; a seed's effect shared
+    by its splits). The variance of the mean difference is estimated without bias from the
+    ANOVA mean squares::
+
+        var = s2_seed / S + sum_k (s2_q[k] - ms_e[k] / S) / (K**2 * Q[k])
+
+    ``s2_seed``: sample variance over seeds of each seed's difference (its average over the
+    splits); ``s2_q[k]``: sample variance over split ``k``'s questions of the question's mean
+    difference over seeds; ``ms_e[k]``: the split's seed x question interaction mean square;
+    ``K`` splits, ``Q[k]`` questions, ``S`` seeds. A question component estimated below zero
+    counts as zero. The interval is ``difference +- t * sqrt(var)`` and the p-value a two-sided
+    t test, both with Satterthwaite's degrees of freedom for that sum of mean squares.
+    """
+    confidence = _check_confidence(confidence)
+    if len(a_runs) != len(b_runs):
+        raise ValueError(f"paired seeds need as many runs on each side: {len(a_runs)} for A, {len(b_runs)} for B")
+    n_seeds = len(a_runs)
+    if n_seeds < 2:
+        raise ValueError("a group comparison needs at least two seeds (one seed: paired_average_difference)")
+    if not splits or len(set(splits)) != len(splits):
+        raise ValueError(f"splits must be named once each, got {list(splits)}")
+    k = len(splits)
+    diffs: list[np.ndarray] = []  # per split, (seeds, questions)
+    a_acc = np.zeros(n_seeds)
+    b_acc = np.zeros(n_seeds)
+    for name in splits:
+        rows_a = _groups_per_seed(a_runs, name, "a_runs")
+        rows_b = _groups_per_seed(b_runs, name, "b_runs")
+        sizes = {r.size for r in rows_a + rows_b}
+        if len(sizes) != 1:
+            raise ValueError(f"split {name!r}: every run needs the same questions, got sizes {sorted(sizes)}")
+        a_mat, b_mat = np.stack(rows_a), np.stack(rows_b)
+        diffs.append(b_mat - a_mat)
+        a_acc += a_mat.mean(axis=1) / k
+        b_acc += b_mat.mean(axis=1) / k
+
+    per_seed = np.mean([d.mean(axis=1) for d in diffs], axis=0)  # (seeds,)
+    seed_term = float(per_seed.var(ddof=1)) / n_seeds
+    terms = [(seed_term, n_seeds - 1.0)]  # (c * mean square, its degrees of freedom)
+    for d in diffs:
+        q = d.shape[1]
+        if q < 2:
+            continue
+        by_q = d.mean(axis=0)
+        resid = d - d.mean(axis=1, keepdims=True) - by_q[None, :] + d.mean()
+        ms_e = float((resid**2).sum()) / ((n_seeds - 1) * (q - 1))
+        s2_q = float(by_q.var(ddof=1))
+        if s2_q - ms_e / n_seeds > 0:
+            scale = k * k * q
+            terms += [(s2_q / scale, q - 1.0), (-ms_e / (n_seeds * scale), (n_seeds - 1.0) * (q - 1.0))]
+    var = max(0.0, sum(t for t, _ in terms))
+    denom = sum(t * t / df for t, df in terms if t != 0.0)
+    df = var * var / denom if denom > 0 else float(n_seeds - 1)
+    se = 100.0 * math.sqrt(var)
+    diff = float(100.0 * per_seed.mean())
+    if se > 0:
+        half = float(sps.t.ppf(0.5 + confidence / 2, df)) * se
+        p = float(2.0 * sps.t.sf(abs(diff) / se, df))
+    else:  # no variation at all: the difference is what it is
+        half = 0.0
+        p = 1.0 if diff == 0.0 else 0.0
+    return GroupDifference(
+        a=float(100.0 * a_acc.mean()), b=float(100.0 * b_acc.mean()), difference=diff,
+        interval=(diff - half, diff + half), p_value=min(1.0, p), se=se, df=float(df), seeds=n_seeds,
+        n=int(sum(d.shape[1] for d in diffs)), per_seed=tuple(float(100.0 * v) for v in per_seed), confidence=confidence,
+    )
+
+
+def _groups_per_seed(runs: Sequence[Mapping[str, ArrayLike]], name: str, who: str) -> list[np.ndarray]:
+    return [_groups(r, [name], f"{who}[{i}]")[0] for i, r in enumerate(runs)]
 
 
 # --- seeds ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Results as a table in the form of the paper's Tab. 3: ID | near-OOD … avg | far-OOD … avg | OOD avg.
+r"""Results as a table in the form of the paper's Tab. 3: ID | near-OOD … avg | far-OOD … avg | OOD avg.
 
 With ``delta_baseline`` (e.g. ``"vanilla"``) two more columns give, as in the paper's Tab. 1/2,
 each method's ID and OOD-average change relative to that method's run in percent:
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
@@ -21,7 +21,7 @@ from rich.measure import Measurement
 from rich.segment import Segment
 from rich.table import Table
 
-from .schema import RunResults
+from .schema import Interval, RunResults
 
 if TYPE_CHECKING:
     from .leaderboard import LeaderboardEntry
@@ -113,12 +113,19 @@ class NumberTable(Table):
         return (2 if self.box and self.show_edge else 0) + (n_columns - 1 if self.box else 0)
 
 
-def _fmt(v: Optional[float]) -> str:
-    return "–" if v is None else f"{v:.1f}"
+def _fmt(v: Optional[float], ci: Optional[Interval] = None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.1f}" if ci is None else f"{v:.1f} ±{ci.half_width:.1f}"
 
 
-def _fmt_delta(v: Optional[float]) -> str:
-    return "–" if v is None else f"{v:+.2f}"
+def _fmt_delta(v: Optional[float], significant: Optional[bool] = None) -> str:
+    return "–" if v is None else f"{v:+.2f}" + ("*" if significant else "")
+
+
+# results_table's significance marks: run_id -> (ID average, OOD average) significantly
+# different from the Δ baseline's (None: not tested).
+Significance = Mapping[str, tuple[Optional[bool], Optional[bool]]]
 
 
 def relative_change(value: Optional[float], baseline: Optional[float]) -> Optional[float]:
@@ -157,11 +164,38 @@ def columns(results: Sequence[RunResults]) -> tuple[list[str], list[str], list[s
 
 
 def results_table(results: Sequence[RunResults], *, title: str | None = None, metric: str = "vqa_accuracy",
-                  delta_baseline: Optional[str] = None) -> NumberTable:
-    """One row per run. Names from the results files are escaped: they are data, not rich markup."""
+                  delta_baseline: Optional[str] = None, significance: Optional[Significance] = None,
+                  alpha: float = 0.05, intervals: bool = True) -> NumberTable:
+    """One row per run. Names from the results files are escaped: they are data, not rich markup.
+
+    With ``intervals`` (and ``metric`` the one results files give intervals for), a number whose
+    results file stores its interval reads "45.2 ±1.0": ± half the interval's width (the exact,
+    possibly asymmetric bounds are in results.json). ``significance`` marks Δ cells with "*"
+    (a paired test on the same questions, p < ``alpha``); a caption line says what the marks mean.
+    """
     ids, near, far = columns(results)
     first = results[0]
-    table = NumberTable(title=title or escape(f"{first.suite} suite · VQA accuracy ({first.scoring_variant})"), show_lines=False)
+    show_ci = intervals and metric == "vqa_accuracy"
+
+    def split_cell(r: RunResults, n: str) -> str:
+        if n not in r.splits:
+            return "–"
+        s = r.splits[n]
+        return _fmt(getattr(s, metric), s.ci if show_ci else None)
+
+    def average_cell(r: RunResults, key: str) -> str:
+        return _fmt(getattr(r.averages, key), r.averages_ci.get(key) if show_ci else None)
+
+    legend = []
+    confidences = {s.ci.confidence for r in results for s in r.splits.values() if s.ci is not None}
+    confidences |= {c.confidence for r in results for c in r.averages_ci.values()}
+    if show_ci and confidences:
+        level = "/".join(f"{100 * c:g}%" for c in sorted(confidences))
+        legend.append(f"±: half the width of the {level} interval over questions (bounds in results.json)")
+    if delta_baseline is not None and significance:
+        legend.append(f"*: Δ differs significantly from {delta_baseline} (paired sign-flip test on the same questions, p < {alpha:g})")
+    table = NumberTable(title=title or escape(f"{first.suite} suite · VQA accuracy ({first.scoring_variant})"), show_lines=False,
+                        caption=escape("; ".join(legend)) if legend else None)
     table.add_column("method", style="bold")
     for n in ids:
         table.add_number_column(f"{escape(n)}\n[dim]ID[/dim]")
@@ -178,19 +212,23 @@ def results_table(results: Sequence[RunResults], *, title: str | None = None, me
     for r in results:
         label = r.method + (f" ({r.method_params.get('adapter')})" if r.method_params.get("adapter") and r.method not in NO_ADAPTER_LABEL else "")
         label = escape(label)
-        near_cells = [_fmt(getattr(r.splits[n], metric)) if n in r.splits else "–" for n in near]
-        far_cells = [_fmt(getattr(r.splits[n], metric)) if n in r.splits else "–" for n in far]
-        id_cells = [_fmt(getattr(r.splits[n], metric)) if n in r.splits else "–" for n in ids]
+        near_cells = [split_cell(r, n) for n in near]
+        far_cells = [split_cell(r, n) for n in far]
+        id_cells = [split_cell(r, n) for n in ids]
         extra = []
         if delta_baseline is not None:
             d_id, d_ood = deltas(r, find_baseline(results, delta_baseline, r.method_params.get("adapter")))
-            extra = [_fmt_delta(d_id), _fmt_delta(d_ood)]
-        table.add_row(label, *id_cells, *near_cells, _fmt(r.averages.near_ood), *far_cells, _fmt(r.averages.far_ood), _fmt(r.averages.ood), *extra)
+            sig_id, sig_ood = (significance or {}).get(r.run_id, (None, None))
+            extra = [_fmt_delta(d_id, sig_id), _fmt_delta(d_ood, sig_ood)]
+        table.add_row(label, *id_cells, *near_cells, average_cell(r, "near_ood"), *far_cells, average_cell(r, "far_ood"),
+                      average_cell(r, "ood"), *extra)
     return table
 
 
-def _fmt2(v: Optional[float]) -> str:
-    return "–" if v is None else f"{v:.2f}"
+def _fmt2(v: Optional[float], ci: Optional[Interval] = None, mark: bool = False) -> str:
+    if v is None:
+        return "–"
+    return (f"{v:.2f}" if ci is None else f"{v:.2f} ±{ci.half_width:.2f}") + ("*" if mark else "")
 
 
 def leaderboard_table(suite: str, entries: Sequence["LeaderboardEntry"], *, with_splits: bool = False) -> NumberTable:
@@ -198,10 +236,22 @@ def leaderboard_table(suite: str, entries: Sequence["LeaderboardEntry"], *, with
 
     Entry fields are text from JSON files anyone can submit: escaped, never read as rich markup.
     """
-    from .leaderboard import METRIC_LABELS, split_columns
+    from .leaderboard import METRIC_LABELS, significance_marks, split_columns
 
     metrics = ", ".join(sorted({f"{METRIC_LABELS[e.metric]} ({e.variant})" for e in entries}))
-    table = NumberTable(title=escape(f"{suite} · {metrics}"), title_justify="left", key_columns=2)
+    confidences = {s.ci.confidence for e in entries for s in e.splits.values() if s.ci is not None}
+    confidences |= {c.confidence for e in entries for c in e.averages_ci.values()}
+    marks = significance_marks(entries)
+    legend = []
+    if confidences:
+        level = "/".join(f"{100 * c:g}%" for c in sorted(confidences))
+        legend.append(f"±: half the width of the {level} interval over questions (submitted runs; bounds in the entry files)")
+    if marks:
+        legend.append("*: differs significantly from the entry's baseline (" + ", ".join(sorted({f"{b}" for b, _ in marks.values()}))
+                      + "), paired test on the same questions")
+    caption = escape("; ".join(legend)) if legend else None
+    table = NumberTable(title=escape(f"{suite} · {metrics}"), title_justify="left", key_columns=2, caption=caption,
+                        caption_justify="left")
     for col in ("#", "entry", "method", "backbone", "adapter"):
         table.add_column(col, style="bold" if col == "method" else None, overflow="fold")
     cols = split_columns(entries) if with_splits else []
@@ -216,7 +266,9 @@ def leaderboard_table(suite: str, entries: Sequence["LeaderboardEntry"], *, with
         style = {"reproduced": "green", "OFF": "bold red"}.get(verdict, "dim")
         source = e.source if "," not in e.source else f"{e.source.split(', ')[0]}, {e.source.split(', ')[-1]}"
         table.add_row(str(rank), escape(e.entry_id), escape(e.method), escape(e.backbone), escape(e.adapter),
-                      *[_fmt2(e.value(c)) for c in cols],
-                      _fmt2(e.averages.id), _fmt2(e.averages.near_ood), _fmt2(e.averages.far_ood), _fmt2(e.averages.ood),
+                      *[_fmt2(e.value(c), e.splits[c].ci if c in e.splits else None) for c in cols],
+                      *[_fmt2(getattr(e.averages, k), e.averages_ci.get(k),
+                              e.entry_id in marks and k in marks[e.entry_id][1] and marks[e.entry_id][1][k].significant)
+                        for k in ("id", "near_ood", "far_ood", "ood")],
                       f"[{style}]{escape(verdict)}[/{style}]", escape(source))
     return table

@@ -5,8 +5,10 @@ predictions files relative to the folder. :func:`rescore_run` reloads each split
 through the run's suite (with the run's ``data_root`` and ``limit`` from its recorded config
 unless overridden), scores the predictions again (any variant), updates the split's
 ``n`` / ``vqa_accuracy`` / per-type numbers (and ClipMatch / exact match when asked), the
-``scoring_variant`` and the averages, and rewrites ``results.json`` atomically — unless the
-numbers come out as they are in the file, which is then left byte for byte as it was. Scores
+``scoring_variant``, the averages and the intervals (``report.intervals``), and rewrites
+``results.json`` atomically — unless the numbers come out as they are in the file, which is
+then left byte for byte as it was (a file without intervals does not get rewritten just to add
+them; a file that has them has them kept current). Scores
 are rounded as the runner rounds them (:func:`~vqa_ood_bench.report.schema.round_score`), so
 re-scoring a run's own predictions reproduces its numbers exactly.
 
@@ -31,7 +33,18 @@ from ..data.records import VQARecord
 from ..errors import ConfigError, DataError
 from ..io import safe_join
 from ..predict.jsonl import read_predictions
-from ..report.schema import RunResults, SplitResult, compute_averages, read_results, round_score, round_scores, write_results
+from ..report.intervals import fill_intervals
+from ..report.schema import (
+    AVERAGE_NAMES,
+    AVERAGE_ROLES,
+    RunResults,
+    SplitResult,
+    compute_averages,
+    read_results,
+    round_score,
+    round_scores,
+    write_results,
+)
 from .text import TextMatch, contains_match, exact_match
 from .vqa_accuracy import DEFAULT_VARIANT, VQAAccuracy, check_variant, group_means, score_records
 
@@ -76,7 +89,8 @@ class SplitScore:
         return out
 
     def apply_to(self, split: SplitResult) -> SplitResult:
-        return SplitResult.model_validate({**split.model_dump(), "n": self.vqa.n, **self._numbers()})
+        # The interval is the caller's to recompute (report.intervals): an old one no longer applies.
+        return SplitResult.model_validate({**split.model_dump(), "n": self.vqa.n, **self._numbers(), "ci": None})
 
 
 def load_prediction_map(
@@ -280,11 +294,26 @@ def rescore_run(
     if "scoring_variant" in config:
         config["scoring_variant"] = variant
     averages = compute_averages(new_splits)
+    new_splits, averages_ci = fill_intervals(new_splits, {name: sc.vqa.scores for name, sc in scores.items()})
+    # An average not every member of which was re-scored keeps its stored interval while none of
+    # its members' numbers moved; otherwise that interval no longer applies and is dropped.
+    for key, interval in results.averages_ci.items():
+        members = [n for n, sp in new_splits.items() if sp.role in AVERAGE_ROLES[key]]
+        if key not in averages_ci and all(_numbers_of(new_splits[n]) == _numbers_of(results.splits[n]) for n in members):
+            averages_ci[key] = interval
+    averages_ci = {k: averages_ci[k] for k in AVERAGE_NAMES if k in averages_ci}
+    had_intervals = bool(results.averages_ci) or any(sp.ci is not None for sp in results.splits.values())
     changed = (
         variant != results.scoring_variant
         or config != results.config
         or averages.model_dump() != results.averages.model_dump()
-        or {k: v.model_dump() for k, v in new_splits.items()} != {k: v.model_dump() for k, v in results.splits.items()}
+        or {k: _numbers_of(v) for k, v in new_splits.items()} != {k: _numbers_of(v) for k, v in results.splits.items()}
+        # A file written before intervals existed is not rewritten just to add them (same
+        # numbers: same bytes); one that has them gets them kept current.
+        or (had_intervals and (
+            {k: v.ci for k, v in new_splits.items()} != {k: v.ci for k, v in results.splits.items()}
+            or averages_ci != results.averages_ci
+        ))
     )
     if not changed:
         # A note and a timing alone would make the file differ from one run to the next.
@@ -299,6 +328,7 @@ def rescore_run(
             **results.model_dump(),
             "splits": {k: v.model_dump() for k, v in new_splits.items()},
             "averages": averages.model_dump(),
+            "averages_ci": {k: v.model_dump() for k, v in averages_ci.items()},
             "scoring_variant": variant,
             "config": config,
             "notes": notes,
@@ -308,6 +338,11 @@ def rescore_run(
     if write:
         write_results(updated, results_file)
     return RunRescore(results=updated, scores=scores, results_file=results_file, written=write, warnings=warnings)
+
+
+def _numbers_of(split: SplitResult) -> dict[str, Any]:
+    """A split's fields without its interval."""
+    return split.model_dump(exclude={"ci"})
 
 
 def load_records_for(

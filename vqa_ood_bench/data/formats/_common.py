@@ -5,7 +5,7 @@ besides its own options, the common ones parsed by :meth:`LoadContext.from_optio
 
 ``report``
     a :class:`LoadReport` the loader fills: records yielded, records skipped (with the file,
-    the record and the reason), records left out by sub-sampling, empty answers dropped.
+    the record and the reason), records left out by sub-sampling.
 ``strict`` (default ``True``)
     a malformed record raises one :class:`DataError` naming the file and the record; with
     ``strict=False`` (what ``datasets verify`` uses) it is skipped and listed in the report.
@@ -72,7 +72,6 @@ class LoadReport:
     split: str = ""
     records: int = 0
     filtered: int = 0  # left out by fraction sub-sampling (not an error)
-    answers_dropped: int = 0  # empty answer strings dropped from otherwise valid records
     files: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     finished: bool = False
@@ -93,8 +92,6 @@ class LoadReport:
         if self.skipped:
             reasons = "; ".join(f"{n} × {r}" for r, n in sorted(self.reason_counts().items()))
             parts.append(f"{len(self.skipped)} skipped ({reasons})")
-        if self.answers_dropped:
-            parts.append(f"{self.answers_dropped} empty answers dropped")
         if self.filtered:
             parts.append(f"{self.filtered} left out by sub-sampling")
         name = self.dataset + (f"/{self.split}" if self.split else "")
@@ -106,7 +103,6 @@ class LoadReport:
             "split": self.split,
             "records": self.records,
             "filtered": self.filtered,
-            "answers_dropped": self.answers_dropped,
             "files": list(self.files),
             "skipped": [s.to_json() for s in self.skipped],
         }
@@ -249,7 +245,7 @@ class LoadContext:
             if rec is not None:
                 yield rec
         self.report.finished = True
-        if self.own_report and (self.report.skipped or self.report.answers_dropped):
+        if self.own_report and self.report.skipped:
             log.warning("%s (run `vqa-ood-bench datasets verify` for the list)", self.report.summary())
 
 

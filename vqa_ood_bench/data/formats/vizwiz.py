@@ -10,9 +10,12 @@ Entries: ``image`` (file name), ``question``, ``answers`` = 10 × {``answer``,
 unanswerable}, ``answerable`` 0/1; test entries have only ``image`` and ``question``. There is
 no question id: a question is named by its image's stem (one question per image).
 
-Some answers are empty strings: they are dropped and counted (``report.answers_dropped``,
-``meta["empty_answers_dropped"]``); a labelled question whose answers are all empty is skipped
-and counted as a known quirk.
+Some answers are empty strings. They are **kept** (``meta["empty_answers"]`` counts them), as
+the official VizWiz evaluation keeps them: its leave-one-out loop runs over all ten answers, so
+an empty answer is one of the ten subsets and matches only a prediction that normalises to the
+empty string (2 × yes, 5 × no, 3 × empty, prediction "yes": 0.6, not the 4/7 of dropping them;
+docs/vqa-accuracy.md). A labelled question whose answers are all empty (or blank) is skipped and
+counted as a known quirk; the official evaluation would score it (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -50,11 +53,9 @@ def _annotation_file(root: Path | None, subdir: str, split: str) -> Path:
     raise DataError(f"{NAME}: annotation file not found (looked for {', '.join(tried)})", path=tried[0])
 
 
-def _drop_empty(ctx: LoadContext, answers: list[str]) -> tuple[list[str], int]:
-    kept = [a for a in answers if a.strip()]
-    dropped = len(answers) - len(kept)
-    ctx.report.answers_dropped += dropped
-    return kept, dropped
+def _blank_count(answers: list[str]) -> int:
+    """How many answers are empty (or whitespace only); they stay in the list as released."""
+    return sum(1 for a in answers if not a.strip())
 
 
 @register_dataset(
@@ -78,22 +79,14 @@ def load_vizwiz(
     **common: Any,
 ) -> Iterator[VQARecord]:
     ctx = LoadContext.for_split(NAME, split, SPLITS, common)
+    labelled = split != "test"
     if hub.wants_hub(NAME, source):
-
-        def convert(row: dict[str, Any], i: int) -> dict[str, Any] | None:
-            fields = hub.vqa_row(row, i)
-            if fields is not None and fields["answers"]:
-                fields["answers"], n = _drop_empty(ctx, fields["answers"])
-                fields["meta"]["empty_answers_dropped"] = n
-            return fields
-
-        return hub.load_from_hub(ctx, split, hub_id, hub_revision, convert)
+        return _load_hub(ctx, split, hub_id, hub_revision, labelled)
     path = _annotation_file(root, subdir, split)
     root = require_root(root, NAME)
     ds_dir = path.parent.parent if path.parent.name == "Annotations" else path.parent
     img_dir = option_dir(root, images) if images is not None else ds_dir / split
     index = read_index(ctx, path, None, key=_image_key, describe_key="image", compact=True)
-    labelled = split != "test"
 
     def gen() -> Iterator[VQARecord | None]:
         for qid, e in index.items():
@@ -104,10 +97,11 @@ def load_vizwiz(
                 if answers is None:
                     ctx.malformed(path, qid, "'answers' must be a list of {'answer': str, 'answer_confidence': str}")
                     continue
-                answers, dropped = _drop_empty(ctx, answers)
-                meta["empty_answers_dropped"] = dropped
-                if not answers and labelled:
-                    ctx.report.answers_dropped -= dropped  # counted with the skipped record instead
+                blank = _blank_count(answers)
+                meta["empty_answers"] = blank
+                if labelled and blank == len(answers):
+                    # no human answered: nothing to learn from or score against (an empty
+                    # prediction would get full credit), so skipped as a quirk; see docs/datasets.md
                     ctx.quirk(path, qid, "all answers empty (known in VizWiz)")
                     continue
             if "answerable" in e:
@@ -120,5 +114,30 @@ def load_vizwiz(
                 answer_type=e.get("answer_type", ""), meta=meta,
             )
         index.clear()
+
+    return ctx.stream(gen())
+
+
+def _load_hub(ctx: LoadContext, split: str, hub_id: str | None, revision: str | None, labelled: bool) -> Iterator[VQARecord]:
+    """The hub copy, with the same empty-answer rule as the files (kept; all-empty skipped)."""
+    hid, hsplit = hub.hub_source(NAME, split, hub_id)
+    rows = hub.load_hub_rows(hid, hsplit, revision=revision)
+    where = f"hf://datasets/{hid}[{hsplit}]"
+
+    def gen() -> Iterator[VQARecord | None]:
+        for i, row in enumerate(rows):
+            fields = hub.vqa_row(row, i)
+            if fields is None:
+                ctx.malformed(where, f"#{i}", "row lacks question_id, question or image")
+                continue
+            qid = fields.pop("question_id")
+            answers = fields["answers"]
+            blank = _blank_count(answers)
+            if answers:  # hub test rows carry no answers at all
+                fields["meta"]["empty_answers"] = blank
+            if labelled and blank == len(answers):
+                ctx.quirk(where, qid, "all answers empty (known in VizWiz)")
+                continue
+            yield ctx.make(where, qid, **fields)
 
     return ctx.stream(gen())
