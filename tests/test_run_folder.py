@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from vqa_ood_bench import runner
-from vqa_ood_bench.config import RunConfig
+from vqa_ood_bench.config import RunConfig, dump_config
 from vqa_ood_bench.errors import ConfigError
 from vqa_ood_bench.io import atomic_torch_save, digest_problem, file_digest
 
@@ -197,3 +197,14 @@ def test_checkpoint_verification(tmp_path):
     manifest["files"]["../../escape"] = {"bytes": 1, "sha256": "0" * 64}
     (good / MANIFEST_FILE).write_text(json.dumps(manifest))
     assert _last_checkpoint(tmp_path) is None
+
+
+def test_a_run_resumes_with_another_thread_count_but_not_another_seed(tmp_path):
+    # 1 and 2 CPU threads give identical predictions, so a resume may change the thread count
+    # (a sweep re-run with another --threads); any option that changes numbers is refused.
+    base = dump_config(RunConfig.model_validate({**ZS, "cpu_threads": 2}))
+    runner.record_config(tmp_path, base)
+    runner.record_config(tmp_path, dump_config(RunConfig.model_validate({**ZS, "cpu_threads": 1})))
+    assert "cpu_threads: 1" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="different configuration"):
+        runner.record_config(tmp_path, dump_config(RunConfig.model_validate({**ZS, "cpu_threads": 1, "seed": 5})))

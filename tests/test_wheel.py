@@ -38,6 +38,7 @@ PACKAGED = [
     "vqa_ood_bench/data/embedded/adversary-v1.0.json",
     "vqa_ood_bench/data/embedded/suite-v1.0.sha256.json",
     "vqa_ood_bench/configs/paper-cls/domainnet-cls-digrap.yaml",
+    "vqa_ood_bench/configs/paper-llava/vqa-digrap.yaml",
     "vqa_ood_bench/classify/domains-v1.0.sha256.json",
 ]
 

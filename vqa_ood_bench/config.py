@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from .errors import ConfigError
 
@@ -29,6 +29,26 @@ def check_prompt(prompt: str) -> str:
     except (IndexError, ValueError) as exc:
         raise ValueError(f"the prompt is not a valid template ({exc}; write {{{{ and }}}} for braces)") from None
     return prompt
+
+
+def check_family(family: Optional[str]) -> Optional[str]:
+    """``family`` if a model family has that name (None: detect it from the checkpoint); else a
+    ValueError listing the known names."""
+    if family is None:
+        return None
+    from .models.families import family_names
+
+    if family not in family_names():
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(family_names())}")
+    return family
+
+
+def _without_unset_family(data: Any) -> Any:
+    """A dumped config without ``family`` when it is unset: configs, run folders and results
+    written before families existed stay byte-identical, and a resume compares equal."""
+    if isinstance(data, dict) and data.get("family") is None:
+        data.pop("family", None)
+    return data
 
 
 def check_device(device: Optional[str]) -> Optional[str]:
@@ -76,7 +96,27 @@ class TrainConfig(BaseModel):
     sharding: Literal["none", "fsdp", "deepspeed"] = "none"  # parameter sharding on top of data parallelism
 
 
-class RunConfig(BaseModel):
+class _ModelOptions(BaseModel):
+    """What :class:`RunConfig` and :class:`EvalConfig` check alike: the prompt template and the
+    family name; an unset family stays out of dumps, so the configs and results of runs
+    without ``--family`` read as before."""
+
+    @field_validator("prompt", check_fields=False)
+    @classmethod
+    def _prompt_template(cls, value: str) -> str:
+        return check_prompt(value)
+
+    @field_validator("family", check_fields=False)
+    @classmethod
+    def _known_family(cls, value: Optional[str]) -> Optional[str]:
+        return check_family(value)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _without_unset_family(handler(self))
+
+
+class RunConfig(_ModelOptions):
     """Everything that determines a run's numbers."""
 
     model_config = ConfigDict(extra="forbid")
@@ -89,6 +129,7 @@ class RunConfig(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     model: str = "tiny"
     model_revision: Optional[str] = None
+    family: Optional[str] = None  # the model family (--family); None: detected from the checkpoint's model_type
     suite: str = "embedded"
     data_root: Optional[str] = None
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -105,13 +146,8 @@ class RunConfig(BaseModel):
     limit: Optional[int] = Field(None, ge=1)  # cap records per split (smoke runs)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_template(cls, value: str) -> str:
-        return check_prompt(value)
 
-
-class EvalConfig(BaseModel):
+class EvalConfig(_ModelOptions):
     """Everything that determines an evaluation's numbers (``vqa-ood-bench eval``): a model, an
     optional PEFT adapter, a suite and the prediction options. The prediction fields have
     :class:`RunConfig`'s names, meanings and defaults."""
@@ -121,6 +157,7 @@ class EvalConfig(BaseModel):
     model: str = "tiny"
     model_revision: Optional[str] = None
     adapter_path: Optional[str] = None  # a PEFT adapter folder (a run folder is resolved to its adapter/)
+    family: Optional[str] = None  # the model family (--family); None: detected from the checkpoint's model_type
     suite: str = "embedded"
     data_root: Optional[str] = None
     limit: Optional[int] = Field(None, ge=1)
@@ -133,11 +170,6 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(4, ge=1)
     num_beams: int = Field(1, ge=1)
     scoring_variant: str = "official"
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_template(cls, value: str) -> str:
-        return check_prompt(value)
 
 
 def config_path(ref: str | Path) -> Path:

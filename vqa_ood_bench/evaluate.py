@@ -21,7 +21,6 @@ fine-tuning, linear probing, LP-FT's untied head) save none.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import shutil
 import tempfile
@@ -33,10 +32,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from . import __version__, distributed, numerics
+from . import distributed, numerics
 from .config import DEFAULT_PROMPT, DTYPES, EvalConfig, check_device
 from .errors import ConfigError
-from .io import atomic_write_text, ensure_writable_dir, file_digest
+from .io import file_digest
 from .report.schema import ModelInfo, RunResults
 
 Log = Callable[[str], None]
@@ -152,8 +151,9 @@ def read_adapter_record(folder: Path) -> dict[str, Any]:
 
 
 def adapter_defaults(path: str | Path) -> dict[str, Any]:
-    """What an adapter says about how to evaluate it: ``model`` (its base), ``model_revision``
-    and the prediction options its run used (:data:`RECORDED_OPTIONS`), where recorded."""
+    """What an adapter says about how to evaluate it: ``model`` (its base), ``model_revision``,
+    the prediction options its run used (:data:`RECORDED_OPTIONS`) and the family its run was
+    told (``--family``), where recorded."""
     record = read_adapter_record(resolve_adapter(path))
     base = record.get("base_model") or {}
     out: dict[str, Any] = {}
@@ -161,6 +161,8 @@ def adapter_defaults(path: str | Path) -> dict[str, Any]:
         out["model"] = base["name_or_path"]
         out["model_revision"] = base.get("revision")
     out.update({k: v for k, v in (record.get("prediction") or {}).items() if k in RECORDED_OPTIONS})
+    if record.get("family"):
+        out["family"] = record["family"]
     return out
 
 
@@ -319,16 +321,12 @@ def _describe(model, parameters: int) -> ModelInfo:
     return ModelInfo(name_or_path=str(name), parameters=parameters, adapter=adapter)
 
 
-@contextlib.contextmanager
-def _eval_folder(out_dir) -> Iterator[Path]:
+def _eval_folder(out_dir) -> contextlib.AbstractContextManager[Path]:
     """The evaluation folder (created, checked writable, the same on every process), locked as
     a run folder is while the block runs."""
-    from .runner import new_run_dir, run_folder_lock
+    from .runner import locked_run_folder
 
-    distributed.init_from_env()
-    run_dir = ensure_writable_dir(distributed.broadcast(str(out_dir or new_run_dir(method=EVAL_METHOD))))
-    with run_folder_lock(run_dir):
-        yield run_dir
+    return locked_run_folder(out_dir, EVAL_METHOD)
 
 
 def _evaluate_into(run_dir: Path, model, processor, suite, config: EvalConfig, info: ModelInfo, *, log: Log, show_progress: bool,
@@ -336,19 +334,13 @@ def _evaluate_into(run_dir: Path, model, processor, suite, config: EvalConfig, i
     import yaml
 
     from .report.intervals import fill_intervals
-    from .report.schema import compute_averages, write_results
-    from .runner import _predict_and_score, git_commit, peak_memory_mb
+    from .runner import _predict_and_score, assemble_results, publish_results, record_config
 
-    main = distributed.is_main()
     # The folder's record of what it holds: the options and the model's identity. Another
     # model or other options would mix their predictions with these on a resume.
     identity = {k: v for k, v in info.model_dump(mode="json").items() if k in ("name_or_path", "revision", "content_hash", "adapter", "adapter_sha256")}
     config_text = yaml.safe_dump({"task": EVAL_METHOD, **config.model_dump(mode="json"), "model_identity": identity}, sort_keys=False)
-    previous = run_dir / "config.yaml"
-    if previous.is_file() and previous.read_text() != config_text:
-        raise ConfigError(f"{run_dir} holds a run or evaluation with other options or another model; choose a new --out")
-    if main:
-        atomic_write_text(previous, config_text)
+    record_config(run_dir, config_text, refusal="holds a run or evaluation with other options or another model; choose a new --out")
 
     t = time.perf_counter()
     log(f"suite {suite.name} v{suite.version}: loading splits")
@@ -359,28 +351,6 @@ def _evaluate_into(run_dir: Path, model, processor, suite, config: EvalConfig, i
     splits, scores, timings["predict_s"], timings["score_s"] = _predict_and_score(model, processor, suite, eval_records, config, run_dir, show_progress)
     splits, averages_ci = fill_intervals(splits, scores)
     timings["total_s"] = time.perf_counter() - t_start
-    results = RunResults(
-        run_id=run_dir.name,
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        method=EVAL_METHOD,
-        model=info,
-        suite=suite.name,
-        suite_version=suite.version,
-        seed=config.seed,
-        dtype=config.dtype,
-        batch_size=config.eval_batch_size,
-        scoring_variant=config.scoring_variant,
-        package_version=__version__,
-        git_commit=git_commit(),
-        config=config.model_dump(mode="json"),
-        splits=splits,
-        averages=compute_averages(splits),
-        averages_ci=averages_ci,
-        timings={k: round(v, 2) for k, v in timings.items()},
-        peak_memory_mb=round(peak_memory_mb(), 1),
-        environment=numerics.describe(config.cpu_threads),
-    )
-    if main:
-        write_results(results, run_dir / "results.json")
-    distributed.barrier()
-    return results
+    results = assemble_results(run_dir, config, suite, splits, averages_ci, timings,
+                               method=EVAL_METHOD, model=info, batch_size=config.eval_batch_size)
+    return publish_results(results, run_dir)

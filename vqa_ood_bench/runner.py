@@ -25,10 +25,11 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
+import yaml
 
 from . import __version__, distributed
 from .config import RunConfig, dump_config
@@ -68,14 +69,18 @@ def load_model(config: RunConfig, log: Log, show_progress: bool = True, *, tiny_
     """(model, processor, ModelInfo) for ``config.model``: the tiny embedded model or a real one.
 
     ``tiny_key``: for ``tiny``, the model a run recorded (its ``content_hash``): the shipped
-    artifact's key or the cache key of a model pre-trained here.
+    artifact's key or the cache key of a model pre-trained here. Any other model is loaded by its
+    family: ``config.family`` when set, else the one its checkpoint's ``model_type`` names.
     """
-    from .models.paligemma import TINY, count_parameters, load_pretrained
+    from .models.families import resolve_family
+    from .models.paligemma import TINY, count_parameters
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
     if config.model == TINY:
         from .models.pretrain import load_tiny
 
+        if config.family not in (None, "paligemma"):
+            raise ConfigError(f"--model tiny is a PaliGemma; it cannot be read as family {config.family!r}")
         if tiny_key:
             model, processor, info = _tiny_from_key(tiny_key)
         else:
@@ -83,7 +88,8 @@ def load_model(config: RunConfig, log: Log, show_progress: bool = True, *, tiny_
         model.to(dtype)
         name, content_hash = TINY, info["key"]
     else:
-        model, processor = load_pretrained(config.model, dtype=dtype, revision=config.model_revision)
+        family = resolve_family(config.model, config.family, config.model_revision)
+        model, processor = family.load(config.model, dtype=dtype, revision=config.model_revision)
         name, content_hash = config.model, None
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -216,10 +222,82 @@ def run_benchmark(
         return run_classification(config, out_dir, log=log, show_progress=show_progress)
     get_method(config.method, **config.method_params).check(config)  # bad options: refused before a folder is made
     get_suite(config.suite)
-    distributed.init_from_env()
-    run_dir = ensure_writable_dir(distributed.broadcast(str(out_dir or new_run_dir(method=config.method))))
-    with run_folder_lock(run_dir), fixed_cpu_numerics(config.cpu_threads):
+    with locked_run_folder(out_dir, config.method) as run_dir, fixed_cpu_numerics(config.cpu_threads):
         return _run_benchmark(config, run_dir, log=log, show_progress=show_progress)
+
+
+@contextlib.contextmanager
+def locked_run_folder(out_dir: str | Path | None, method: str) -> Iterator[Path]:
+    """The folder a run or an evaluation writes into (``out_dir``, or a new one under ``runs/``
+    named after ``method``): created, checked writable, the same on every process, and locked
+    (:func:`run_folder_lock`) while the block runs."""
+    distributed.init_from_env()
+    run_dir = ensure_writable_dir(distributed.broadcast(str(out_dir or new_run_dir(method=method))))
+    with run_folder_lock(run_dir):
+        yield run_dir
+
+
+CONFIG_MISMATCH = "holds a run with a different configuration; resume with the same options or choose a new --out"
+
+
+#: options a run may resume with changed: they do not change its numbers (the CPU thread count
+#: is fixed per run for reproducibility, and 1 and 2 threads give identical predictions)
+RESUME_FREE_KEYS = ("cpu_threads",)
+
+
+def _resume_view(config_text: str) -> Any:
+    """A recorded config as compared on resume: parsed, without :data:`RESUME_FREE_KEYS`."""
+    parsed = yaml.safe_load(config_text)
+    if isinstance(parsed, dict):
+        for key in RESUME_FREE_KEYS:
+            parsed.pop(key, None)
+    return parsed
+
+
+def record_config(run_dir: Path, config_text: str, refusal: str = CONFIG_MISMATCH) -> None:
+    """Write ``config_text`` as the folder's ``config.yaml`` (rank 0). A folder whose
+    ``config.yaml`` says otherwise is refused (``f"{run_dir} {refusal}"``): a resume there would
+    mix its predictions with these."""
+    previous = run_dir / "config.yaml"
+    if previous.is_file() and _resume_view(previous.read_text()) != _resume_view(config_text):
+        raise ConfigError(f"{run_dir} {refusal}")
+    if distributed.is_main():
+        atomic_write_text(previous, config_text)
+
+
+def assemble_results(run_dir: Path, config, suite: Suite, splits: dict[str, SplitResult], averages_ci: dict, timings: dict[str, float],
+                     **fields) -> RunResults:
+    """``results.json``'s record of a run or an evaluation (``config``: its RunConfig or
+    EvalConfig): what both record alike, plus ``fields`` for what differs (method, model,
+    batch_size, method_params)."""
+    return RunResults(
+        run_id=run_dir.name,
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        suite=suite.name,
+        suite_version=suite.version,
+        seed=config.seed,
+        dtype=config.dtype,
+        scoring_variant=config.scoring_variant,
+        package_version=__version__,
+        git_commit=git_commit(),
+        config=config.model_dump(mode="json"),
+        splits=splits,
+        averages=compute_averages(splits),
+        averages_ci=averages_ci,
+        timings={k: round(v, 2) for k, v in timings.items()},
+        peak_memory_mb=round(peak_memory_mb(), 1),
+        environment=numerics.describe(config.cpu_threads),
+        **fields,
+    )
+
+
+def publish_results(results: RunResults, run_dir: Path) -> RunResults:
+    """``results`` written to ``run_dir/results.json`` by rank 0, then waited for by every
+    process: no process exits before the results are written."""
+    if distributed.is_main():
+        write_results(results, run_dir / "results.json")
+    distributed.barrier()
+    return results
 
 
 LOCK_FILE = ".lock"
@@ -302,12 +380,7 @@ def _run_benchmark(config: RunConfig, run_dir: Path, *, log: Log, show_progress:
     # Under torchrun / accelerate launch every process runs this function; only rank 0 writes run files.
     distributed.init_from_env()
     main = distributed.is_main()
-    config_text = dump_config(config)
-    previous = run_dir / "config.yaml"
-    if previous.is_file() and previous.read_text() != config_text:
-        raise ConfigError(f"{run_dir} holds a run with a different configuration; resume with the same options or choose a new --out")
-    if main:
-        atomic_write_text(previous, config_text)
+    record_config(run_dir, dump_config(config))
     torch.manual_seed(config.seed)
 
     # 1. data (the embedded suite builds itself on first use)
@@ -359,32 +432,14 @@ def _run_benchmark(config: RunConfig, run_dir: Path, *, log: Log, show_progress:
     timings["intervals_s"] = time.perf_counter() - t
 
     timings["total_s"] = time.perf_counter() - t_start
-    results = RunResults(
-        run_id=run_dir.name,
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    results = assemble_results(
+        run_dir, config, suite, splits, averages_ci, timings,
         method=method.name,
         method_params={**method.describe(), "adapter": config.adapter, **({"fit": fit_info} if fit_info else {})},
         model=model_info,
-        suite=suite.name,
-        suite_version=suite.version,
-        seed=config.seed,
-        dtype=config.dtype,
         batch_size=config.train.batch_size * config.train.grad_accum,
-        scoring_variant=config.scoring_variant,
-        package_version=__version__,
-        git_commit=git_commit(),
-        config=config.model_dump(mode="json"),
-        splits=splits,
-        averages=compute_averages(splits),
-        averages_ci=averages_ci,
-        timings={k: round(v, 2) for k, v in timings.items()},
-        peak_memory_mb=round(peak_memory_mb(), 1),
-        environment=numerics.describe(config.cpu_threads),
     )
-    if main:
-        write_results(results, run_dir / "results.json")
-    distributed.barrier()  # no process exits before the results are written
-    return results
+    return publish_results(results, run_dir)
 
 
 TRAINED_RECORD = "trained_state"  # fit.json's key for trained_state.pt's size and sha256
@@ -399,6 +454,8 @@ def _adapter_record(run_dir: Path, config: RunConfig, method, model_info: ModelI
         "base_model": {"name_or_path": model_info.name_or_path, "revision": model_info.revision, "content_hash": model_info.content_hash},
         "run_id": run_dir.name, "method": method.name, "method_params": {**method.describe(), "adapter": config.adapter},
         "prediction": {k: getattr(config, k) for k in RECORDED_OPTIONS},
+        # the family the run was told (--family); unset, eval detects it from the base model as the run did
+        **({"family": config.family} if config.family else {}),
     }
 
 

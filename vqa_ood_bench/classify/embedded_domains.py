@@ -27,12 +27,8 @@ Bump :data:`SUITE_VERSION` on any change.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +37,7 @@ from PIL import Image, ImageFilter
 
 from ..cache import cache_dir
 from ..data.embedded import render
-from ..data.embedded.build import DRIFT_ENV, drift_allowed, source_digest
+from ..data.embedded.build import build_once, building_folder, check_manifest, drift_allowed, manifest_differences, source_digest
 from ..data.embedded.questions import EASYVQA_COLORS, EASYVQA_SHAPES
 from ..data.embedded.source import package_root, read_images
 from ..data.records import VQARecord, open_image
@@ -122,8 +118,7 @@ def _build_into(target: Path, progress: Callable[[str], None] | None) -> None:
     train, test = read_images("train"), read_images("test")
     rng = np.random.default_rng([SUITE_SEED, 0])
     val_ids = {int(i) for i in rng.choice(sorted(train), size=VALIDATION_IMAGES, replace=False)}
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
+    with building_folder(target) as tmp:
         manifest = {"version": SUITE_VERSION, "seed": SUITE_SEED, "source_sha256": source_digest(), "classes": list(CLASSES), "splits": {}}
         parts: dict[str, tuple[list[dict], dict[str, Image.Image]]] = {}
         for name, ids in (("solid-train", [i for i in sorted(train) if i not in val_ids]), ("solid-val", sorted(val_ids))):
@@ -145,59 +140,26 @@ def _build_into(target: Path, progress: Callable[[str], None] | None) -> None:
         for name, (rows, images) in parts.items():
             manifest["splits"][name] = {"n": len(rows), "sha256": _write(tmp / name, rows, images)}
         atomic_write_json(tmp / "manifest.json", manifest)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "manifest.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build(root: Path | None = None, *, progress: Callable[[str], None] | None = None) -> Path:
     """Build the suite into the cache once (atomically, one builder at a time), then check it."""
     target = suite_dir(root)
-    if not (target / "manifest.json").is_file():
-        from filelock import FileLock
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(target.parent / f".build-v{SUITE_VERSION}.lock")):
-            if not (target / "manifest.json").is_file():
-                _build_into(target, progress)
-    path = target / "manifest.json"
-    _checked(path, path.stat().st_mtime_ns)
+    build_once(target, SUITE_VERSION, lambda folder: _build_into(folder, progress))
+    # No recorded content while a new version is being defined: then the manifest is only read.
+    recorded = EXPECTED_HASHES if EXPECTED_HASHES.is_file() else None
+    check_manifest(target / "manifest.json", recorded, suite="embedded-domains", version=SUITE_VERSION, remedy=_pinned_remedy)
     return target
 
 
 def content_differences(manifest: dict) -> list[str]:
     """What in a built suite differs from the version's recorded content (empty: identical)."""
-    expected = json.loads(EXPECTED_HASHES.read_text())
-    differ = []
-    if manifest.get("source_sha256") != expected["source_sha256"]:
-        differ.append("the easy-vqa source files")
-    got = manifest.get("splits", {})
-    differ += [name for name, digest in expected["splits"].items() if got.get(name, {}).get("sha256") != digest]
-    return differ
+    return manifest_differences(manifest, EXPECTED_HASHES)
 
 
-@functools.lru_cache(maxsize=None)
-def _checked(manifest_path: Path, mtime_ns: int) -> None:
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"unreadable suite manifest ({exc}); delete {manifest_path.parent} to rebuild", path=manifest_path) from None
-    if not EXPECTED_HASHES.is_file():  # only while a new version is being defined
-        return
-    differ = content_differences(manifest)
-    if differ and not drift_allowed():
-        raise DataError(
-            f"the embedded-domains suite built here is not v{SUITE_VERSION}: {', '.join(differ)} differ from the recorded content; "
-            f"install the versions pyproject.toml pins, or set {DRIFT_ENV}=1 to run it as version {SUITE_VERSION}+local",
-            path=manifest_path,
-        )
-    if differ:
-        warnings.warn(f"embedded-domains suite differs from v{SUITE_VERSION} ({', '.join(differ)}); running as {suite_version()}", stacklevel=3)
+def _pinned_remedy() -> str:
+    """The drift refusal's middle (:func:`~vqa_ood_bench.data.embedded.build.check_manifest`)."""
+    return "; install the versions pyproject.toml pins"
 
 
 def suite_version() -> str:

@@ -24,10 +24,10 @@ from .. import __version__, distributed, numerics
 from ..config import RunConfig, dump_config
 from ..data.suite import Suite, get_suite
 from ..errors import ConfigError
-from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, digest_problem, ensure_writable_dir, file_digest
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text, digest_problem, file_digest
 from ..numerics import fixed_cpu_numerics
 from ..report.intervals import fill_intervals
-from ..report.schema import ModelInfo, RunResults, SplitResult, compute_averages, write_results
+from ..report.schema import ModelInfo, RunResults, SplitResult, compute_averages
 from . import TASK, is_classification_suite
 from . import methods as M
 from .suites import class_names, label_of
@@ -52,12 +52,10 @@ def check(config: RunConfig) -> M.Plan:
 def run_classification(config: RunConfig, out_dir: str | Path | None = None, *, log: Log = lambda s: None,
                        show_progress: bool = True) -> RunResults:
     """Fine-tune, predict, score; everything into ``out_dir`` (resumable, one run per folder)."""
-    from ..runner import new_run_dir, run_folder_lock
+    from ..runner import locked_run_folder
 
     check(config)
-    distributed.init_from_env()
-    run_dir = ensure_writable_dir(distributed.broadcast(str(out_dir or new_run_dir(method=config.method))))
-    with run_folder_lock(run_dir), fixed_cpu_numerics(config.cpu_threads):
+    with locked_run_folder(out_dir, config.method) as run_dir, fixed_cpu_numerics(config.cpu_threads):
         return _run(config, run_dir, log=log, show_progress=show_progress)
 
 
@@ -66,17 +64,14 @@ def _items(records, source: str):
 
 
 def _run(config: RunConfig, run_dir: Path, *, log: Log, show_progress: bool) -> RunResults:
+    from ..runner import publish_results, record_config
+
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     plan = check(config)
     suite: Suite = get_suite(config.suite)
     main = distributed.is_main()
-    config_text = dump_config(config)
-    previous = run_dir / "config.yaml"
-    if previous.is_file() and previous.read_text() != config_text:
-        raise ConfigError(f"{run_dir} holds a run with a different configuration; resume with the same options or choose a new --out")
-    if main:
-        atomic_write_text(previous, config_text)
+    record_config(run_dir, dump_config(config))
 
     t = time.perf_counter()
     log(f"suite {suite.name} v{suite.version}: loading splits")
@@ -166,10 +161,7 @@ def _run(config: RunConfig, run_dir: Path, *, log: Log, show_progress: bool) -> 
         environment=numerics.describe(config.cpu_threads),
         notes=[f"classes: {len(classes)}; top-1 accuracy in exact_match"],
     )
-    if main:
-        write_results(results, run_dir / "results.json")
-    distributed.barrier()
-    return results
+    return publish_results(results, run_dir)
 
 
 def _git_commit() -> Optional[str]:

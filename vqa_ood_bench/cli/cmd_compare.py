@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -72,95 +72,78 @@ def _p(p: float) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def _level(out: dict[str, Any]) -> str:
+    """The intervals' confidence level as the table says it ("95%")."""
+    return f"{100 * out['confidence']:g}%"
+
+
 def _print_table(out: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    from ..report.table import NumberTable
-
-    probe = Console()
-    console = probe if probe.is_terminal else Console(width=max(probe.width, 200))
-    level = f"{100 * out['confidence']:g}%"
-    table = NumberTable(
-        title=escape(f"{out['suite']} · VQA accuracy ({out['variant']}) · B − A with {level} paired bootstrap interval"),
-        caption=escape(
+    _print_comparison(
+        out,
+        title=f"{out['suite']} · VQA accuracy ({out['variant']}) · B − A with {_level(out)} paired bootstrap interval",
+        caption=(
             f"A = {out['run_a']['path']} ({out['run_a']['method']}), B = {out['run_b']['path']} ({out['run_b']['method']}); "
             f"p: two-sided sign-flip permutation test; * p < {1 - out['confidence']:.3g}"
         ),
+        seed_sd=False,
     )
-    table.add_column("split", overflow="fold")
-    table.add_column("role")
-    table.add_number_column("n")
-    table.add_number_column("A")
-    table.add_number_column("B")
-    table.add_number_column("B − A")
-    table.add_number_column(f"{level} interval")
-    table.add_number_column("p")
-    table.add_column("")
-
-    def row(label: str, role: str, r: dict[str, Any], style: Optional[str] = None) -> None:
-        lo, hi = r["interval"]
-        table.add_row(
-            label, role, str(r["n"]), _num(r["a"]), _num(r["b"]), _num(r["difference"], sign=True),
-            escape(f"[{_num(lo, sign=True)}, {_num(hi, sign=True)}]"), _p(r["p_value"]), "*" if r["significant"] else "",
-            style=style,
-        )
-
-    for name, r in out["splits"].items():
-        row(escape(name), r["role"], r)
-    if out["averages"]:
-        table.add_section()
-    for key, r in out["averages"].items():
-        row(AVERAGES[key][0], ", ".join(AVERAGES[key][1]), r, style="cyan")
-    console.print(table)
-    for w in out["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
 def _print_group_table(out: dict[str, Any]) -> None:
+    ga, gb = out["group_a"], out["group_b"]
+    _print_comparison(
+        out,
+        title=(f"{out['suite']} · VQA accuracy ({out['variant']}) · B − A over seeds {seeds_text(out['seeds'])} "
+               f"with {_level(out)} interval (seeds and questions)"),
+        caption=(
+            f"A = {ga['method']} ({len(ga['paths'])} runs), B = {gb['method']} ({len(gb['paths'])} runs), paired by seed; "
+            f"A, B: mean over seeds (sd: standard deviation over seeds); interval and p: t with Satterthwaite df "
+            f"(see README, Comparing runs); * p < {1 - out['confidence']:.3g}"
+        ),
+        seed_sd=True,
+    )
+
+
+def _print_comparison(out: dict[str, Any], *, title: str, caption: str, seed_sd: bool) -> None:
+    """The table of a comparison (a row per split, then one per average) and its warnings.
+    ``seed_sd``: seed groups, with the standard deviation over seeds beside A and B."""
     from rich.markup import escape
 
     from ..report.table import NumberTable
 
     console = _console()
-    level = f"{100 * out['confidence']:g}%"
-    ga, gb = out["group_a"], out["group_b"]
-    table = NumberTable(
-        title=escape(f"{out['suite']} · VQA accuracy ({out['variant']}) · B − A over seeds {seeds_text(out['seeds'])} "
-                     f"with {level} interval (seeds and questions)"),
-        caption=escape(
-            f"A = {ga['method']} ({len(ga['paths'])} runs), B = {gb['method']} ({len(gb['paths'])} runs), paired by seed; "
-            f"A, B: mean over seeds (sd: standard deviation over seeds); interval and p: t with Satterthwaite df "
-            f"(see README, Comparing runs); * p < {1 - out['confidence']:.3g}"
-        ),
-    )
+    table = NumberTable(title=escape(title), caption=escape(caption))
     table.add_column("split", overflow="fold")
     table.add_column("role")
     table.add_number_column("n")
-    for col in ("A", "A sd", "B", "B sd", "B − A", f"{level} interval", "p"):
+    sides = ("A", "A sd", "B", "B sd") if seed_sd else ("A", "B")
+    for col in (*sides, "B − A", f"{_level(out)} interval", "p"):
         table.add_number_column(col)
     table.add_column("")
-
-    def sd(summary: dict[str, Any]) -> str:
-        return "–" if summary["std"] is None else _num(summary["std"])
-
-    def row(label: str, role: str, r: dict[str, Any], style: Optional[str] = None) -> None:
-        lo, hi = r["interval"]
-        table.add_row(
-            label, role, str(r["n"]), _num(r["a"]), sd(r["a_seeds"]), _num(r["b"]), sd(r["b_seeds"]), _num(r["difference"], sign=True),
-            escape(f"[{_num(lo, sign=True)}, {_num(hi, sign=True)}]"), _p(r["p_value"]), "*" if r["significant"] else "",
-            style=style,
-        )
-
     for name, r in out["splits"].items():
-        row(escape(name), r["role"], r)
+        table.add_row(escape(name), r["role"], *_cells(r, seed_sd))
     if out["averages"]:
         table.add_section()
     for key, r in out["averages"].items():
-        row(AVERAGES[key][0], ", ".join(AVERAGES[key][1]), r, style="cyan")
+        table.add_row(AVERAGES[key][0], ", ".join(AVERAGES[key][1]), *_cells(r, seed_sd), style="cyan")
     console.print(table)
     for w in out["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {escape(w)}")
+
+
+def _cells(r: dict[str, Any], seed_sd: bool) -> list[str]:
+    """One split's or average's numbers, from column n on."""
+    from rich.markup import escape
+
+    lo, hi = r["interval"]
+    sides = [_num(r["a"]), _sd(r["a_seeds"]), _num(r["b"]), _sd(r["b_seeds"])] if seed_sd else [_num(r["a"]), _num(r["b"])]
+    return [str(r["n"]), *sides, _num(r["difference"], sign=True), escape(f"[{_num(lo, sign=True)}, {_num(hi, sign=True)}]"),
+            _p(r["p_value"]), "*" if r["significant"] else ""]
+
+
+def _sd(summary: dict[str, Any]) -> str:
+    """A side's standard deviation over seeds; "–" where it has none."""
+    return "–" if summary["std"] is None else _num(summary["std"])
 
 
 def _console() -> Any:

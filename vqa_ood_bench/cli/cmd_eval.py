@@ -22,6 +22,7 @@ from .cmd_run import (
     wide_console,
 )
 from .options import DataRootOpt, JsonOpt, LimitOpt, OutOpt, SeedOpt, SuiteOpt, VariantOpt
+from .options import FamilyOpt, check_family_choice, check_model_data_and_device, validation_error
 
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Prediction batch size: questions answered together (the answers do not depend on it; default 128).")]
 #: EvalConfig field -> the `eval` option that sets it, where the names differ
@@ -31,7 +32,8 @@ OPTION_OF = {**PREDICTION_OPTIONS, "scoring_variant": "variant", "adapter_path":
 @app.command("eval")
 def eval_command(
     ctx: typer.Context,
-    model: Annotated[Optional[str], typer.Option("--model", help="'tiny', a local PaliGemma folder (e.g. a merged checkpoint) or a hub id. Default: the base model the --adapter records.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="'tiny', a local folder (e.g. a merged checkpoint) or a hub id of a supported family. Default: the base model the --adapter records.")] = None,
+    family: FamilyOpt = None,
     adapter: Annotated[Optional[Path], typer.Option("--adapter", help="PEFT adapter folder to apply, or a run folder (its adapter/, saved by LoRA runs).")] = None,
     suite: SuiteOpt = "embedded",
     data_root: DataRootOpt = None,
@@ -66,9 +68,10 @@ def eval_command(
         "model": model or recorded["model"],
         "model_revision": recorded.get("model_revision") if model in (None, recorded.get("model")) else None,
         "adapter_path": None if adapter is None else str(adapter),
+        "family": family or recorded.get("family"),
         "suite": suite, "data_root": None if data_root is None else str(data_root), "limit": limit, "seed": seed,
         "scoring_variant": variant,
-        **{k: v for k, v in recorded.items() if k not in ("model", "model_revision")},
+        **{k: v for k, v in recorded.items() if k not in ("model", "model_revision", "family")},
         **({"cpu_threads": cpu_threads} if cpu_threads is not None else {}),
         **prediction_overrides(ctx.params),
     }
@@ -103,7 +106,7 @@ def checked_eval_config(fields: dict[str, object]):
     the option."""
     from pydantic import ValidationError
 
-    from ..config import EvalConfig, check_device
+    from ..config import EvalConfig
     from ..data.suite import suite_names
     from ..score.vqa_accuracy import VARIANTS
 
@@ -111,21 +114,14 @@ def checked_eval_config(fields: dict[str, object]):
         raise ConfigError(f"--suite: unknown suite {fields['suite']!r}; known: {', '.join(suite_names())}")
     if fields["scoring_variant"] not in VARIANTS:
         raise ConfigError(f"--variant: unknown scoring variant {fields['scoring_variant']!r}; known: {', '.join(VARIANTS)}")
-    if fields["data_root"] is not None and not Path(str(fields["data_root"])).is_dir():
-        raise ConfigError(f"--data-root {fields['data_root']!r} is not a folder")
-    model = str(fields["model"])
-    if not model.strip():
-        raise ConfigError(f"--model: expected 'tiny', a hub id or a local folder, got {model!r}")
-    if model.startswith(("/", "./", "../")) and not Path(model).is_dir():
-        raise ConfigError(f"--model {model!r}: no such folder")
-    try:
-        check_device(fields.get("device"))  # type: ignore[arg-type]
-    except ConfigError as exc:
-        raise ConfigError(f"--device: {exc}") from None
+    check_model_data_and_device(str(fields["model"]), fields["data_root"], fields.get("device"), named=eval_option)  # type: ignore[arg-type]
+    check_family_choice(str(fields["model"]), fields.get("family"), named=eval_option)  # type: ignore[arg-type]
     try:
         return EvalConfig.model_validate(fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"--{OPTION_OF.get(loc, loc).replace('_', '-')}: {msg}, got {err.get('input')!r}") from None
+        raise validation_error(exc, named=eval_option) from None
+
+
+def eval_option(field: str) -> str:
+    """The `eval` option that sets EvalConfig's ``field`` ("--adapter" for adapter_path)."""
+    return f"--{OPTION_OF.get(field, field).replace('_', '-')}"

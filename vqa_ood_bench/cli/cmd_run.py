@@ -13,6 +13,7 @@ from rich.console import Console
 from ..errors import BenchError, ConfigError
 from .app import app
 from .options import DataRootOpt, JsonOpt, LimitOpt, ModelOpt, OutOpt, SeedOpt, VariantOpt, parse_key_values, positive_number
+from .options import FamilyOpt, check_family_choice, check_model_data_and_device, validation_error
 
 DEFAULT_METHOD = "vanilla"
 ALL = "all"
@@ -42,6 +43,7 @@ def run(
     method: Annotated[str, typer.Option("--method", help="Fine-tuning method (zeroshot, vanilla, …), or 'all': every method into OUT/<method>/ and a table with ΔID/ΔOOD vs vanilla.")] = DEFAULT_METHOD,
     adapter: Annotated[str, typer.Option("--adapter", help="lora or full fine-tuning.")] = "lora",
     model: ModelOpt = "tiny",
+    family: FamilyOpt = None,
     suite: Annotated[str, typer.Option("--suite", help="Benchmark suite: embedded (default), paper-vqa, domainnet-ovqa.")] = "embedded",
     data_root: DataRootOpt = None,
     seed: SeedOpt = 0,
@@ -74,7 +76,7 @@ def run(
     config_method = cfg.method  # under --method all, the config's method_params belong to this method
     given = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     overrides = {
-        "method": method, "adapter": adapter, "model": model, "suite": suite, "seed": seed, "scoring_variant": variant,
+        "method": method, "adapter": adapter, "model": model, "family": family, "suite": suite, "seed": seed, "scoring_variant": variant,
         "data_root": str(data_root) if data_root else None, "limit": limit, "cpu_threads": cpu_threads,
     }
     update = {k: v for k, v in overrides.items() if OPTION_OF.get(k, k) in given or not config}
@@ -123,7 +125,7 @@ def checked_config(cfg, given: set[str], config: Optional[Path]):
     """``cfg`` validated, with names checked against the known ones; errors name the option or the file."""
     from pydantic import ValidationError
 
-    from ..config import RunConfig, check_device
+    from ..config import RunConfig
     from ..data.suite import suite_names
     from ..methods.base import method_names
     from ..score.vqa_accuracy import VARIANTS
@@ -145,23 +147,17 @@ def checked_config(cfg, given: set[str], config: Optional[Path]):
         raise ConfigError(f"{source('scoring_variant')}unknown scoring variant {cfg.scoring_variant!r}; known: {', '.join(VARIANTS)}")
     if cfg.adapter not in ("lora", "full"):
         raise ConfigError(f"{source('adapter')}unknown adapter {cfg.adapter!r}; known: lora, full")
-    if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
-        raise ConfigError(f"{named('data_root')} {cfg.data_root!r} is not a folder")
-    if not cfg.model.strip():
-        raise ConfigError(f"{named('model')}: expected 'tiny', a hub id or a local folder, got {cfg.model!r}")
-    if cfg.model.startswith(("/", "./", "../")) and not Path(cfg.model).is_dir():
-        raise ConfigError(f"{named('model')} {cfg.model!r}: no such folder")
-    try:
-        check_device(cfg.device)
-    except ConfigError as exc:
-        raise ConfigError(f"{named('device')}: {exc}") from None
+    check_model_data_and_device(cfg.model, cfg.data_root, cfg.device, named=named)
+    check_family_choice(cfg.model, cfg.family, named=named)
+
+    def named_loc(loc: str) -> str:
+        """A validation error's field as the user wrote it; --epochs sets train.epochs."""
+        return named("epochs") if loc == "train.epochs" and "epochs" in given else named(loc)
+
     try:
         return RunConfig.model_validate(cfg.model_dump())
     except ValidationError as exc:  # a safety net: the options' own checks catch their values first
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        where = named("epochs") if loc == "train.epochs" and "epochs" in given else named(loc)
-        raise ConfigError(f"{where}: {err['msg'].removeprefix('Value error, ')}, got {err.get('input')!r}") from None
+        raise validation_error(exc, named=named_loc) from None
 
 
 def check_method_params(cfg, cli_params: dict[str, object], config: Optional[Path], *, sweep_params_of: Optional[str]) -> None:

@@ -92,19 +92,19 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 def output_head(model: nn.Module) -> nn.Module:
-    head = _base_model(model).get_output_embeddings()
-    if head is None:
-        raise ConfigError(f"{type(model).__name__} has no output head (lm_head)")
-    return head
+    """The module linear probing trains, as the model's family names it (the LM head)."""
+    from ..models.families import family_of
+
+    return family_of(model).probe_head(model)
 
 
 def untie_head(model: nn.Module) -> nn.Module:
     """Give the output head its own copy of the (tied) input embeddings.
 
-    Gemma (and so PaliGemma) ties ``lm_head`` to the input token embeddings; training the tied
-    matrix would also move every input embedding, i.e. the features a linear probe must keep
+    Some decoders (Gemma among them) tie ``lm_head`` to the input token embeddings; training the
+    tied matrix would also move every input embedding, i.e. the features a linear probe must keep
     fixed. After untying, the head is a separate tensor and the embeddings stay as they are.
-    The config is updated so that nothing re-ties them.
+    The config is updated so that nothing re-ties them. An untied head is left as it is.
     """
     base = _base_model(model)
     head = base.get_output_embeddings()

@@ -71,12 +71,13 @@ class Method:
             raise ConfigError(f"method {self.name!r} does not support adapter {config.adapter!r} (supported: {', '.join(self.adapters)})")
 
     def prepare(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
-        """Return the model to train (e.g. wrapped with LoRA); default: LoRA or all weights."""
-        from ..models.paligemma import apply_lora
+        """Return the model to train (e.g. wrapped with LoRA); default: LoRA (where the model's
+        family puts it) or all weights."""
+        from ..models.families import family_of
 
         cfg = ctx.config
         if cfg.adapter == "lora":
-            return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
+            return family_of(model).apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
         for p in model.parameters():
             p.requires_grad_(True)
         return model

@@ -1,7 +1,8 @@
 """Linear probing (LP) and LP-FT (Kumar et al. 2022) for a generative VLM.
 
-"Head" is the language model's output projection (``lm_head``). Gemma ties it to the input
-token embeddings; the ``head`` parameter chooses:
+"Head" is the module the model's family names for probing: the language model's output
+projection (``lm_head``). Some decoders (Gemma) tie it to the input token embeddings; the
+``head`` parameter chooses:
 
 * ``untied`` (default): the head gets its own copy of the embedding matrix and only that copy
   trains, so every feature below it (input embeddings included) stays exactly pre-trained: a

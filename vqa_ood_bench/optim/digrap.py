@@ -208,6 +208,11 @@ class DiGraP(BucketedBase):
         # of the Adam update). Only on the CPU: on a GPU the check would be a host sync.
         check_b = dev.type == "cpu"
         upd_fn = self._kernel(K.digrap_sgd_update if cfg.base == "sgd" else K.digrap_adam_update)
+        # The statistics coefficients are computed here, once for the whole layout, and enter
+        # the compiled kernels as inputs: computed inside a kernel, inductor inlined them (two
+        # double-precision powers for the bias corrections) into the loop over the elements,
+        # which made the statistics pass of a large tensor about twice as slow.
+        cstats = _stats_coef(sc, cfg)
         if self._compile:
             # Per bucket: statistics and per-tensor scalars (one compiled graph), then the
             # update, back to back, so that the update finds the bucket's tensors still in
@@ -218,14 +223,13 @@ class DiGraP(BucketedBase):
                 g, p, _ = gat
                 cupd, new, projects = fused(b)(
                     g, p, b.bufs.get("anchor"), b.bufs.get("exp_avg"), b.bufs.get("exp_avg_sq"), _prev_update(b),
-                    K.fields_at(sc, sl), act_f[sl], lr, cfg, b.red_dim,
+                    K.fields_at(sc, sl), K.fields_at(cstats, sl), act_f[sl], lr, cfg, b.red_dim,
                 )
                 self._update(lay, b, gat, upd_fn(b), cupd, cfg, not check_b or bool(projects))
                 return new
 
             new = self._per_bucket(lay, step, sc, run)
         else:
-            cstats = _stats_coef(sc, cfg)
             outs = []
             for b, gat in zip(lay.buckets, step.blocks):
                 if gat is None:
@@ -366,11 +370,12 @@ def _scalars(stats: K.DiGraPStats, sc: _Scalars, act: Tensor, lr: Tensor,
     return cupd, new
 
 
-def _stats_and_scalars(g, p, p0, m, v, prev, sc: _Scalars, act, lr, cfg: _Config, red: int):  # noqa: ANN001, ANN201
-    """One bucket's statistics pass and scalar math (compiled as one graph): returns the
-    update coefficients in the kernels' dtype, the new scalars, and whether any member projects."""
+def _stats_and_scalars(g, p, p0, m, v, prev, sc: _Scalars, cs, act, lr, cfg: _Config, red: int):  # noqa: ANN001, ANN201
+    """One bucket's statistics pass (``cs``: its members' statistics coefficients) and scalar
+    math (compiled as one graph): returns the update coefficients in the kernels' dtype, the
+    new scalars, and whether any member projects."""
     cdt = K.compute_dtype(p.dtype)
-    stats = _stats(g, p, p0, m, v, prev, K.fields_to(_stats_coef(sc, cfg), cdt), cfg, red)
+    stats = _stats(g, p, p0, m, v, prev, K.fields_to(cs, cdt), cfg, red)
     cupd, new = _scalars(K.fields_to(stats, sc.step.dtype), sc, act, lr, cfg)
     return K.fields_to(cupd, cdt), new, cupd.b.ne(0).any()
 

@@ -141,6 +141,9 @@ class FTP(BucketedBase):
         cfg = self._config(group)
         dev, sdt = lay.device, lay.sdtype
         sc, act_f, lr = self._step_inputs(group, lay, step)
+        # Once for the whole layout, outside the compiled kernels: computed inside one, inductor
+        # inlined the bias corrections (double-precision powers) into the loop over the elements.
+        coef = _candidate_coef(sc, act_f, lr, cfg)
         if self._compile:
             # Per bucket: statistics and radius in one compiled graph, then the pass that writes,
             # back to back, so that the second pass finds the bucket's tensors still in cache
@@ -156,18 +159,18 @@ class FTP(BucketedBase):
                 g, p, act = gat
                 masked = len(act) < b.n
                 fn = stats_fn(b) if b.direct else cand_fn(b)
-                coef, gamma, new, rn = fn(g, p, *_bufs(b), K.fields_at(sc, sl), act_f[sl], lr, cfg, b.red_dim, masked)
+                cs, gamma, new, rn = fn(g, p, *_bufs(b), K.fields_at(sc, sl), K.fields_at(coef, sl), cfg, b.red_dim,
+                                        masked)
                 if b.direct:
-                    _update(upd_fn(b), g, p, b, rn, coef, gamma, cfg, masked)
+                    _update(upd_fn(b), g, p, b, rn, cs, gamma, cfg, masked)
                 else:
-                    proj_fn(b)(p, b.bufs.get("anchor"), b.bufs["prev_c"], rn, gamma, coef.active, b.red_dim, masked)
+                    proj_fn(b)(p, b.bufs.get("anchor"), b.bufs["prev_c"], rn, gamma, cs.active, b.red_dim, masked)
                 lay.scatter(b, act)
                 return new
 
             new = self._per_bucket(lay, step, sc, run)
         else:
             # Eager: the candidate step writes the moments and c once, then the projection.
-            coef = _candidate_coef(sc, act_f, lr, cfg)
             totals, rownorms = [], []
             for b, gat in zip(lay.buckets, step.blocks):
                 if gat is None:
@@ -288,21 +291,20 @@ def _radius(totals: K.FTPStats, sc: _Scalars, cfg: _Config) -> tuple[Tensor, _Sc
     return gam, _Scalars(step=tn, gamma=gam, gamma_exp_avg=gm, gamma_exp_avg_sq=gv)
 
 
-def _stats_and_radius(g, p, p0, m, v, buf, cbuf, sc: _Scalars, act, lr, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
-    """One bucket's statistics and radius (compiled as one graph): returns the candidate
-    coefficients and gamma in the kernels' dtype, the new scalars and the row norms."""
+def _stats_and_radius(g, p, p0, m, v, buf, cbuf, sc: _Scalars, coef, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
+    """One bucket's statistics and radius (compiled as one graph; ``coef``: its members'
+    candidate coefficients): returns the candidate coefficients and gamma in the kernels'
+    dtype, the new scalars and the row norms."""
     cdt = K.compute_dtype(p.dtype)
-    coef = _candidate_coef(sc, act, lr, cfg)
     tot, rn = _stats(g, p, p0, m, v, buf, cbuf, K.fields_to(coef, cdt), cfg, red, masked)
     gamma, new = _radius(K.fields_to(tot, sc.step.dtype), sc, cfg)
     return K.fields_to(coef, cdt), gamma.to(cdt), new, rn
 
 
-def _candidate_and_radius(g, p, p0, m, v, buf, cbuf, sc: _Scalars, act, lr, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
+def _candidate_and_radius(g, p, p0, m, v, buf, cbuf, sc: _Scalars, coef, cfg: _Config, red: int, masked: bool):  # noqa: ANN001, ANN201
     """As :func:`_stats_and_radius`, with the candidate step (which writes the moments and c)
     in place of the read-only statistics: the projection follows."""
     cdt = K.compute_dtype(p.dtype)
-    coef = _candidate_coef(sc, act, lr, cfg)
     tot, rn = _candidate(g, p, p0, m, v, buf, cbuf, K.fields_to(coef, cdt), cfg, red, masked)
     gamma, new = _radius(K.fields_to(tot, sc.step.dtype), sc, cfg)
     return K.fields_to(coef, cdt), gamma.to(cdt), new, rn

@@ -17,7 +17,7 @@ from typing import Literal, Sequence, overload
 import torch
 
 from ..data.records import VQARecord
-from .family import Generation, family_of
+from ..models.families import Generation, family_of
 from .jsonl import PredictionWriter
 
 
@@ -41,13 +41,13 @@ def generate_answers(
     details: bool = False,
 ):
     """Greedy (or beam) decoding of one batch: the decoded, stripped answers, or with
-    ``details`` one :class:`~.family.Generation` per prompt.
+    ``details`` one :class:`~vqa_ood_bench.models.families.base.Generation` per prompt.
 
     The answers do not depend on the batch's size or company (left padding and attention
-    masks, see :mod:`.family`).
+    masks, see :mod:`vqa_ood_bench.models.families.base`).
     """
     family = family_of(model)
-    inputs = family.encode(processor, images, prompts)
+    inputs = family.generation_inputs(processor, images, prompts)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     inputs = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in inputs.items()}

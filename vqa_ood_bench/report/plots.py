@@ -326,11 +326,14 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg"), 
 # --- DiGraP's projection strength ω over training (paper Fig. 4 and 5) ----------------------------
 
 def short_tensor_name(name: str) -> str:
-    """A readable label for a parameter name: wrapper prefixes, ``.default`` and ``.weight`` dropped."""
+    """A readable label for a parameter name: wrapper prefixes, ``.default`` and ``.weight`` dropped,
+    the model family's language and vision parts as ``lm.`` and ``vis.``."""
     import re
 
+    from ..models.families import shorten_parameter_name
+
     s = re.sub(r"^(base_model\.model\.)?(model\.)?", "", name)
-    s = s.replace(".default", "").replace("language_model.", "lm.").replace("vision_tower.", "vis.")
+    s = shorten_parameter_name(s.replace(".default", ""))
     s = s.replace("self_attn.", "").replace("encoder.", "")
     return re.sub(r"\.weight$", "", s)
 

@@ -1,9 +1,9 @@
-"""Shift features from a PaliGemma: vision, question and joint embeddings (paper App. 7.3).
+"""Shift features from a vision-language model: vision, question and joint embeddings (paper App. 7.3).
 
-For every record the model reads its usual prompt (image tokens, then BOS + ``answer en
-{question}`` + newline, as :class:`~transformers.PaliGemmaProcessor` lays it out) and three
-embeddings are taken from the **final layer** (after the final norm, i.e. what the language
-model head sees), mean-pooled:
+For every record the model reads its usual prompt in its family's layout (for PaliGemma: image
+tokens, then BOS + ``answer en {question}`` + newline; see :mod:`vqa_ood_bench.models.families`)
+and three embeddings are taken from the **final layer** (after the final norm, i.e. what the
+language model head sees), mean-pooled:
 
 * ``vision``: the image-token positions, with the question **masked out**;
 * ``question``: the question-token positions, with the image **masked out**;
@@ -11,10 +11,10 @@ model head sees), mean-pooled:
   mean (each modality weighs the same whatever its token count).
 
 Masking semantics: the masked modality is invisible to every query in every layer; everything
-else is unchanged (the same weights, the prompt as PaliGemma's prefix, ``token_type_ids = 0``,
-attended bidirectionally as in generation). Because Gemma's rotary positions are relative, this
-equals running the model on the kept modality alone (``tests/test_features.py`` checks that
-against separate single-modality forward passes), and that is how it is computed:
+else is unchanged (the same weights, the same prompt; for PaliGemma the prompt as its prefix,
+``token_type_ids = 0``, attended bidirectionally as in generation). Because rotary positions are
+relative, this equals running the model on the kept modality alone (``tests/test_features.py``
+checks that against separate single-modality forward passes), and that is how it is computed:
 
 * one vision-tower pass per batch, on the batch's distinct images only;
 * the ``vision`` pass runs the decoder on the image tokens alone, once per distinct image
@@ -29,9 +29,10 @@ returned in the records' order. :func:`pooled_features_masked` is the former for
 full-length passes with attention masks), kept as the reference the tests compare against and as
 the fallback for a model without a separable vision tower.
 
-"Question tokens" are the attended text positions that are not image tokens and not the
-tokenizer's BOS / EOS / PAD (BOS is an attention sink whose state barely depends on the input);
-the ``answer en`` task prefix and the trailing newline are included.
+"Question tokens" are the attended text positions that are not image tokens, not the
+tokenizer's BOS / EOS / PAD (BOS is an attention sink whose state barely depends on the input)
+and not the family's structural tokens (e.g. the markers Idefics3 puts around an image); the
+prompt template's words (PaliGemma's ``answer en`` task prefix, its trailing newline) are included.
 
 Features are float32 numpy arrays ``(n, hidden_size)``. :func:`extract_features` streams them
 batch by batch into a disk cache keyed by the model's weights, the records and the settings, as
@@ -84,13 +85,15 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- encoding
-def processor_encoder(processor, prompt: str = DEFAULT_PROMPT) -> Encoder:
-    """Records → model inputs through a PaliGemma processor (images loaded from disk here).
+def processor_encoder(processor, prompt: str = DEFAULT_PROMPT, family=None) -> Encoder:
+    """Records → model inputs through the model family's processor (images loaded from disk here).
 
-    An image file shared by several records of a batch is decoded once.
+    ``family``: the model's family (default: the one ``processor`` belongs to). An image file
+    shared by several records of a batch is decoded once.
     """
+    from ..models.families import family_of_processor
 
-    image_token = getattr(processor, "image_token", "<image>")
+    family = family or family_of_processor(processor)
 
     def encode(records: Sequence[VQARecord]) -> Mapping[str, torch.Tensor]:
         decoded: dict[str, Any] = {}
@@ -103,15 +106,16 @@ def processor_encoder(processor, prompt: str = DEFAULT_PROMPT) -> Encoder:
                 images.append(decoded[key])
             else:
                 images.append(r.load_image())
-        texts = [image_token + prompt.format(question=r.question) for r in records]
-        enc = processor(text=texts, images=images, return_tensors="pt", padding="longest")
-        return {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "token_type_ids") if k in enc}
+        return family.feature_inputs(processor, images, [prompt.format(question=r.question) for r in records])
 
     return encode
 
 
 def special_token_ids(model, processor=None) -> set[int]:
-    """BOS / EOS / PAD ids from the tokenizer (or the model's text config)."""
+    """BOS / EOS / PAD ids from the tokenizer (or the model's text config), and with a processor
+    the family's structural tokens (neither image nor question, e.g. the markers around an image)."""
+    from ..models.families import family_of
+
     ids: set[int] = set()
     tok = getattr(processor, "tokenizer", None)
     sources = [tok] if tok is not None else []
@@ -125,6 +129,8 @@ def special_token_ids(model, processor=None) -> set[int]:
                 ids.add(v)
             elif isinstance(v, (list, tuple)):
                 ids.update(int(x) for x in v)
+    if processor is not None:
+        ids |= family_of(model).structural_token_ids(processor)
     return ids
 
 
@@ -154,11 +160,10 @@ def inference_model(model):
 
 # ----------------------------------------------------------------------------- forward
 def _backbone(model):
-    """The PaliGemmaModel inside ``model`` (also through peft wrappers), or None."""
-    for m in model.modules():
-        if type(m).__name__ == "PaliGemmaModel":
-            return m
-    return None
+    """The family's inner model (no LM head) inside ``model`` (also through peft wrappers), or None."""
+    from ..models.families import family_of
+
+    return family_of(model).backbone(model)
 
 
 def _final_states(model, backbone, **inputs) -> torch.Tensor:
@@ -212,6 +217,12 @@ def _pixel_keys(pixel_values: torch.Tensor) -> list[bytes]:
 
 
 def _prepare(model, inputs, image_token_id, special_ids):
+    """What every pass needs: the family, ids, masks, the family's extra text inputs
+    (``text``: PaliGemma's ``token_type_ids``, from the inputs or 0 = all prefix) and the
+    image inputs (``image``: pixel values and whatever else the family's vision tower takes)."""
+    from ..models.families import family_of
+
+    family = family_of(model)
     if image_token_id is None:
         image_token_id = int(model.config.image_token_id)
     param = next(model.parameters())
@@ -219,20 +230,40 @@ def _prepare(model, inputs, image_token_id, special_ids):
     ids = inputs["input_ids"].to(device)
     attn = inputs.get("attention_mask")
     attn = torch.ones_like(ids) if attn is None else attn.to(device)
-    tti = inputs.get("token_type_ids")
-    tti = torch.zeros_like(ids) if tti is None else tti.to(device)
+    text = {k: v if inputs.get(k) is None else inputs[k].to(device) for k, v in family.text_only_inputs(ids).items()}
     if inputs.get("pixel_values") is None:
         raise DataError("inputs have no pixel_values: shift features need the image")
-    valid = attn.bool()
-    is_image = valid & (ids == image_token_id)
-    is_text = valid & (ids != image_token_id)
-    special = torch.tensor(sorted(set(special_ids) - {image_token_id}), dtype=ids.dtype, device=device)
-    is_question = is_text & ~torch.isin(ids, special) if special.numel() else is_text
+    image = _image_inputs(family, inputs, device, dtype)
+    is_image, is_text, is_question = family.token_masks(ids, attn, image_token_id, set(special_ids))
     if not bool(is_image.any(1).all()):
-        raise DataError(f"a sequence has no image tokens (id {image_token_id}): is this a PaliGemma encoding?")
+        raise DataError(f"a sequence has no image tokens (id {image_token_id}): is it encoded for a {family.name} model?")
     if not bool(is_question.any(1).all()):
         raise DataError("a sequence has no question tokens")
-    return image_token_id, device, dtype, ids, attn, tti, is_image, is_text, is_question
+    return family, image_token_id, device, dtype, ids, attn, text, image, is_image, is_text, is_question
+
+
+def _image_inputs(family, inputs, device, dtype, rows: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+    """The family's image inputs of ``inputs`` (the rows ``rows``, all when None), on the model's
+    device; pixel values in the model's dtype."""
+    out = {}
+    for k in family.image_input_names:
+        v = inputs.get(k)
+        if v is None:
+            continue
+        v = v if rows is None else v[rows]
+        out[k] = v.to(device, dtype) if k == "pixel_values" else v.to(device)
+    return out
+
+
+def _text_follows_image(is_image: torch.Tensor, is_text: torch.Tensor) -> bool:
+    """Whether every row's text comes after all its image tokens. Only then do the text tokens
+    alone keep their relative positions: with text before the image (a chat template's turn
+    marker), dropping the image closes a gap the masked formulation keeps."""
+    length = is_image.shape[1]
+    positions = torch.arange(length, device=is_image.device).expand_as(is_image)
+    last_image = torch.where(is_image, positions, torch.full_like(positions, -1)).amax(1)
+    first_text = torch.where(is_text, positions, torch.full_like(positions, length)).amin(1)
+    return bool((first_text > last_image).all())
 
 
 def _check_kinds(kinds: Sequence[str]) -> None:
@@ -260,29 +291,29 @@ def pooled_features_masked(
     given ``attention_mask = 0`` (removed as keys in every layer, never pooled). Used as the
     fallback of :func:`pooled_features` and by the tests."""
     _check_kinds(kinds)
-    image_token_id, device, dtype, ids, attn, tti, is_image, is_text, is_question = _prepare(model, inputs, image_token_id, special_ids)
-    pixel_values = inputs["pixel_values"].to(device, dtype)
+    family, image_token_id, device, dtype, ids, attn, text, image, is_image, is_text, is_question = _prepare(
+        model, inputs, image_token_id, special_ids)
     backbone = _backbone(model)
     if backbone is not None and "mm_encoder_outputs" in inspect.signature(backbone.forward).parameters:
-        image_outputs = backbone.get_image_features(pixel_values)  # the vision tower runs once per batch
+        image_outputs = backbone.get_image_features(**image)  # the vision tower runs once per batch
 
         def image_inputs() -> dict:
             return {"mm_encoder_outputs": {"image": image_outputs}}
     else:
 
         def image_inputs() -> dict:
-            return {"pixel_values": pixel_values}
+            return dict(image)
 
     out: dict[str, torch.Tensor] = {}
     if "vision" in kinds:
-        h = _final_states(model, backbone, input_ids=ids, attention_mask=is_image.long(), token_type_ids=tti, **image_inputs())
+        h = _final_states(model, backbone, input_ids=ids, attention_mask=is_image.long(), **text, **image_inputs())
         out["vision"] = _masked_mean(h, is_image)
     if "question" in kinds:
         # the image positions are masked, so no image is needed (the placeholders stay token embeddings)
-        h = _final_states(model, backbone, input_ids=ids, attention_mask=is_text.long(), token_type_ids=tti)
+        h = _final_states(model, backbone, input_ids=ids, attention_mask=is_text.long(), **text)
         out["question"] = _masked_mean(h, is_question)
     if "joint" in kinds:
-        h = _final_states(model, backbone, input_ids=ids, attention_mask=attn, token_type_ids=tti, **image_inputs())
+        h = _final_states(model, backbone, input_ids=ids, attention_mask=attn, **text, **image_inputs())
         out["joint"] = 0.5 * (_masked_mean(h, is_image) + _masked_mean(h, is_question))
     out = {k: v.float().cpu() for k, v in out.items()}
     _check_finite(out, dtype)
@@ -295,7 +326,10 @@ def _select_outputs(image_outputs, index: Optional[torch.Tensor]):
         return image_outputs
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    return BaseModelOutputWithPooling(pooler_output=image_outputs.pooler_output[index])
+    pooled = image_outputs.pooler_output
+    if isinstance(pooled, (list, tuple)):  # one tensor per image (LLaVA, Idefics3)
+        return BaseModelOutputWithPooling(pooler_output=[pooled[i] for i in index.tolist()])
+    return BaseModelOutputWithPooling(pooler_output=pooled[index])
 
 
 @torch.inference_mode()
@@ -313,17 +347,21 @@ def pooled_features(
     Every kind from one call: the vision tower runs once on the batch's distinct images, the
     ``vision`` and ``question`` passes run on the kept modality's tokens alone (once per distinct
     image / question; ``memo`` carries them across the batches of one extraction), the ``joint``
-    pass on the whole prompts. Equal to :func:`pooled_features_masked` up to float rounding.
+    pass on the whole prompts. Equal to :func:`pooled_features_masked` up to float rounding. A
+    batch whose text does not all follow the image (a chat template), or whose images differ in
+    token count, takes :func:`pooled_features_masked`.
     """
     _check_kinds(kinds)
     special_ids = set(special_ids)
-    image_token_id, device, dtype, ids, attn, tti, is_image, is_text, is_question = _prepare(model, inputs, image_token_id, special_ids)
+    family, image_token_id, device, dtype, ids, attn, text, image, is_image, is_text, is_question = _prepare(
+        model, inputs, image_token_id, special_ids)
     backbone = _backbone(model)
     n_image = is_image.sum(1)
     if (
         backbone is None
         or "mm_encoder_outputs" not in inspect.signature(backbone.forward).parameters
         or not bool((n_image == n_image[0]).all())
+        or not _text_follows_image(is_image, is_text)
     ):
         return pooled_features_masked(model, inputs, image_token_id=image_token_id, special_ids=special_ids, kinds=kinds)
     memo = memo if memo is not None else FeatureMemo()
@@ -350,7 +388,7 @@ def pooled_features(
                 q_ids[r, width - n:] = seqs[i]
                 q_attn[r, width - n:] = 1
                 q_pool[r, width - n:] = pools[i]
-            h = _final_states(model, backbone, input_ids=q_ids, attention_mask=q_attn, token_type_ids=torch.zeros_like(q_ids))
+            h = _final_states(model, backbone, input_ids=q_ids, attention_mask=q_attn, **family.text_only_inputs(q_ids))
             pooled = _masked_mean(h, q_pool).cpu()
             for r, k in enumerate(todo):
                 fresh[k] = pooled[r].clone()
@@ -370,8 +408,7 @@ def pooled_features(
         tower = None
         if need_tower:
             rows = torch.tensor([first_row[k] for k in need_tower])
-            pixel_values = inputs["pixel_values"][rows].to(device, dtype)
-            tower = backbone.get_image_features(pixel_values)  # once per distinct image of the batch
+            tower = backbone.get_image_features(**_image_inputs(family, inputs, device, dtype, rows))  # once per distinct image of the batch
             tower_slot = {k: j for j, k in enumerate(need_tower)}
         if "vision" in kinds:
             if need_vision:
@@ -379,7 +416,7 @@ def pooled_features(
                 sub = torch.tensor([tower_slot[k] for k in need_vision], device=device)
                 v_ids = torch.full((len(need_vision), int(n_image[0])), image_token_id, dtype=ids.dtype, device=device)
                 h = _final_states(model, backbone, input_ids=v_ids, attention_mask=torch.ones_like(v_ids),
-                                  token_type_ids=torch.zeros_like(v_ids),
+                                  **family.text_only_inputs(v_ids),
                                   mm_encoder_outputs={"image": _select_outputs(tower, None if len(need_vision) == len(need_tower) else sub)})
                 pooled = h.float().mean(1).cpu()
                 fresh_v = {k: pooled[r].clone() for r, k in enumerate(need_vision)}
@@ -392,7 +429,7 @@ def pooled_features(
         if "joint" in kinds:
             index = torch.tensor([slot[k] for k in pkeys], device=device)
             identity = len(distinct) == batch  # distinct in row order, so index == arange
-            h = _final_states(model, backbone, input_ids=ids, attention_mask=attn, token_type_ids=tti,
+            h = _final_states(model, backbone, input_ids=ids, attention_mask=attn, **text,
                               mm_encoder_outputs={"image": _select_outputs(tower, None if identity else index)})
             out["joint"] = (0.5 * (_masked_mean(h, is_image) + _masked_mean(h, is_question))).cpu()
     out = {k: out[k].float() for k in FEATURE_KINDS if k in out}
@@ -542,9 +579,10 @@ def extract_features(
     checkpoint_rows: int = 4096,
     log: Callable[[str], None] = lambda s: None,
 ) -> FeatureSet:
-    """Features of ``records`` (any PaliGemma: tiny or 3B, plain or peft-wrapped), in their order.
+    """Features of ``records`` (a model of any family, tiny or full size, plain or peft-wrapped), in
+    their order.
 
-    ``processor`` is a PaliGemma processor (or None when ``encode`` is given, e.g. in tests with
+    ``processor`` is the model's processor (or None when ``encode`` is given, e.g. in tests with
     hand-made token ids). With ``cache_dir`` the features are written to
     ``cache_dir/<model hash>/<split>-<key>/{kind}.npy`` and memory-mapped back; the key covers
     the weights (``model_fp``, default :func:`model_fingerprint`), the records, the prompt and
@@ -561,7 +599,9 @@ def extract_features(
     if encode is None:
         if processor is None:
             raise ConfigError("extract_features needs a processor or an encode function")
-        encode = processor_encoder(processor, prompt)
+        from ..models.families import family_of
+
+        encode = processor_encoder(processor, prompt, family=family_of(model))
     image_token_id = int(model.config.image_token_id)
     special = special_token_ids(model, processor)
     model_fp = model_fp or model_fingerprint(model)

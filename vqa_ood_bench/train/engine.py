@@ -48,31 +48,27 @@ class ExampleDataset(Dataset):
 
 
 class VQACollator:
-    """Turns examples into PaliGemma inputs: image tokens, BOS, prompt, "\\n", answer, EOS.
+    """Turns examples into the model family's training inputs: the image, the prompt in the
+    family's layout, the answer and its end token, with labels on the answer and end token only
+    (see :meth:`vqa_ood_bench.models.families.base.ModelFamily.training_batch`).
 
-    Labels cover the answer and EOS only (the processor marks them with token_type_ids = 1);
-    token_type_ids also give PaliGemma its prefix-LM attention (full attention on the prefix).
+    ``family``: the model's family; by default the one the processor belongs to.
     """
 
-    def __init__(self, processor):
+    def __init__(self, processor, family=None):
         self.processor = processor
-        self.image_token = getattr(processor, "image_token", "<image>")
+        self.family = family
 
     def __call__(self, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
         from PIL import Image
 
         from ..data.records import open_image
+        from ..models.families import family_of_processor
 
         # a missing or oversized training image: a DataError naming the file, not a PIL traceback
         images = [ex.image if isinstance(ex.image, Image.Image) else open_image(ex.image) for ex in examples]
-        batch = self.processor(
-            text=[self.image_token + ex.prompt for ex in examples],
-            images=images,
-            suffix=[ex.answer for ex in examples],
-            return_tensors="pt",
-            padding="longest",
-        )
-        return dict(batch)
+        family = self.family or family_of_processor(self.processor)
+        return family.training_batch(self.processor, images, [ex.prompt for ex in examples], [ex.answer for ex in examples])
 
 
 @dataclass
@@ -126,6 +122,7 @@ def fit(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ..distributed import check_sharding, per_device_batch, sharding_from_env, world_size
+    from ..models.families import family_of
 
     sharding = config.sharding if config.sharding != "none" else sharding_from_env()
     check_sharding(method_name, sharding)
@@ -237,7 +234,7 @@ def fit(
         model=model,
         args=args,
         train_dataset=train,
-        data_collator=VQACollator(processor),
+        data_collator=VQACollator(processor, family_of(model)),
         optimizers=optimizers,
         callbacks=[Hooks()],
     )

@@ -44,6 +44,7 @@ which case it runs as version "1.0+local" so no result passes for the published 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import json
@@ -53,7 +54,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -556,23 +557,46 @@ def build(root: Path | None = None, *, progress: Callable[[str], None] | None = 
     """Build every derived split into the cache (atomically: a temp folder renamed at the end),
     then check the content against the version's recorded hashes (:func:`check_content`)."""
     target = suite_dir(root)
-    if not (target / "manifest.json").is_file():
-        from filelock import FileLock
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # One build at a time per cache (threads or processes): the builds would be identical,
-        # and two at once only double the work.
-        with FileLock(str(target.parent / f".build-v{SUITE_VERSION}.lock")):
-            if not (target / "manifest.json").is_file():
-                _build_into(target, progress)
+    build_once(target, SUITE_VERSION, lambda folder: _build_into(folder, progress))
     check_content(target)
     return target
 
 
-def _build_into(target: Path, progress: Callable[[str], None] | None) -> None:
+def build_once(target: Path, version: str, build_into: Callable[[Path], None]) -> None:
+    """``build_into(target)`` unless ``target`` holds a finished build (its manifest.json).
+    One build at a time per cache (threads or processes): the builds would be identical, and
+    two at once only double the work."""
+    if (target / "manifest.json").is_file():
+        return
+    from filelock import FileLock
+
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".build-v{version}.lock")):
+        if not (target / "manifest.json").is_file():
+            build_into(target)
+
+
+@contextlib.contextmanager
+def building_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target`` to build into: renamed to ``target`` when the block
+    ends (after writing the manifest.json), removed when it fails, so a build appears whole or
+    not at all."""
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
+        yield tmp
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "manifest.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_into(target: Path, progress: Callable[[str], None] | None) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with building_folder(target) as tmp:
         src = _Sources()
         manifest = {"version": SUITE_VERSION, "seed": SUITE_SEED, "source_sha256": source_digest(), "splits": {}}
         for k, (name, builder) in enumerate(BUILDERS.items()):
@@ -584,14 +608,6 @@ def _build_into(target: Path, progress: Callable[[str], None] | None) -> None:
             manifest["splits"][name] = {"n": len(rows), "sha256": digest}
         manifest["validation_image_ids"] = sorted(src.val_ids)
         atomic_write_json(tmp / "manifest.json", manifest)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "manifest.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -621,45 +637,68 @@ def suite_version() -> str:
 
 def content_differences(manifest: dict) -> list[str]:
     """What in a built suite differs from the version's recorded content (empty: identical)."""
-    expected = json.loads(EXPECTED_HASHES.read_text())
+    return manifest_differences(manifest, EXPECTED_HASHES)
+
+
+def manifest_differences(manifest: dict, expected_hashes: Path) -> list[str]:
+    """What in a suite built from easy-VQA (this one, ``embedded-domains``) differs from the
+    content recorded in ``expected_hashes`` (empty: identical): the easy-vqa source files, the
+    validation images where the record has them, and each split."""
+    expected = json.loads(expected_hashes.read_text())
     differ = []
     # Caches built before the source was hashed lack it; the files they read are hashed now.
-    if manifest.get("source_sha256", source_digest()) != expected["source_sha256"]:
+    source = manifest["source_sha256"] if "source_sha256" in manifest else source_digest()
+    if source != expected["source_sha256"]:
         differ.append("the easy-vqa source files")
-    if _ids_digest(manifest.get("validation_image_ids", [])) != expected["validation_image_ids_sha256"]:
+    if "validation_image_ids_sha256" in expected and _ids_digest(manifest.get("validation_image_ids", [])) != expected["validation_image_ids_sha256"]:
         differ.append("the validation images")
     got = manifest.get("splits", {})
     differ += [name for name, digest in expected["splits"].items() if got.get(name, {}).get("sha256") != digest]
     return differ
 
 
+def check_manifest(manifest_path: Path, expected_hashes: Path | None, *, suite: str, version: str, remedy: Callable[[], str]) -> None:
+    """Refuse a built suite whose ``manifest.json`` is unreadable or differs from the content
+    recorded in ``expected_hashes`` (None: no content recorded yet, only while a new version is
+    being defined), unless drift is allowed (:data:`DRIFT_ENV`): then warn that it runs as
+    "<version>+local". Once per process and manifest (its mtime).
+
+    ``suite`` names it in the messages; ``remedy()`` is what the refusal says between "differ
+    from the recorded content" and the drift option."""
+    _checked(manifest_path, manifest_path.stat().st_mtime_ns, expected_hashes, suite, version, remedy)
+
+
 @functools.lru_cache(maxsize=None)
-def _checked(manifest_path: Path, mtime_ns: int) -> None:
+def _checked(manifest_path: Path, mtime_ns: int, expected_hashes: Path | None, suite: str, version: str, remedy: Callable[[], str]) -> None:
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"unreadable suite manifest ({exc}); delete {manifest_path.parent} to rebuild", path=manifest_path) from None
-    differ = content_differences(manifest)
+    differ = manifest_differences(manifest, expected_hashes) if expected_hashes is not None else []
     if differ and not drift_allowed():
-        import PIL
-        import sklearn
-
         raise DataError(
-            f"the embedded suite built here is not v{SUITE_VERSION}: {', '.join(differ)} differ from the recorded content "
-            f"(numpy {np.__version__}, Pillow {PIL.__version__}, scikit-learn {sklearn.__version__} here). Results would not be "
-            f"comparable with published v{SUITE_VERSION} numbers: install the versions pyproject.toml pins (README), "
-            f"or set {DRIFT_ENV}=1 to run it as version {SUITE_VERSION}+local",
+            f"the {suite} suite built here is not v{version}: {', '.join(differ)} differ from the recorded content{remedy()}, "
+            f"or set {DRIFT_ENV}=1 to run it as version {version}+local",
             path=manifest_path,
         )
-    if differ:
-        warnings.warn(f"embedded suite differs from v{SUITE_VERSION} ({', '.join(differ)}); running as {suite_version()}", stacklevel=3)
+    if differ:  # stacklevel 4: reported where the suite's own check (check_content, domains' build) was called
+        warnings.warn(f"{suite} suite differs from v{version} ({', '.join(differ)}); running as {version}+local", stacklevel=4)
+
+
+def _pinned_libraries_remedy() -> str:
+    """The refusal's middle for this suite: the libraries that render, sample and fit it, as
+    installed here (imported only to say so)."""
+    import PIL
+    import sklearn
+
+    return (f" (numpy {np.__version__}, Pillow {PIL.__version__}, scikit-learn {sklearn.__version__} here). Results would not be "
+            f"comparable with published v{SUITE_VERSION} numbers: install the versions pyproject.toml pins (README)")
 
 
 def check_content(target: Path) -> None:
     """Refuse a built suite whose content differs from the version's recorded hashes (once per
     process and manifest; the split files are hashed when built, the source files here)."""
-    path = target / "manifest.json"
-    _checked(path, path.stat().st_mtime_ns)
+    check_manifest(target / "manifest.json", EXPECTED_HASHES, suite="embedded", version=SUITE_VERSION, remedy=_pinned_libraries_remedy)
 
 
 def read_split(name: str, root: Path | None = None) -> list[VQARecord]:
